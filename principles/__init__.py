@@ -1,0 +1,1 @@
+"""The shipped constitutions, as YAML files beside this module (data only)."""

@@ -1,0 +1,1 @@
+"""Everything about model weights: loading, serving, losses, trainers and adapters."""

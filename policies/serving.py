@@ -1,0 +1,141 @@
+"""How every other part talks to a model: the `Generator` protocol and its HF transformers backend.
+
+`critique` and `loop` depend only on the protocol, so the same iteration runs against a fake in unit tests,
+transformers on CPU, or a vLLM server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, TypedDict
+
+import torch
+
+
+class Message(TypedDict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+Conversation = list[Message]
+Progress = Callable[[int], None]
+"""Called with the number of items just finished, for progress bars."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    """0 means greedy decoding."""
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+class Generator(Protocol):
+    name: str
+    """What produced the text (model and policy version), recorded next to every output."""
+
+    def generate(self, conversations: Sequence[Conversation], params: SamplingParams,
+                 progress: Progress | None = None) -> list[str]:
+        """One assistant reply per conversation. A conversation ending in an assistant message is continued."""
+        ...
+
+    def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
+                        progress: Progress | None = None) -> list[list[float]]:
+        """For each conversation, the next-token log-probability of each choice (e.g. "A", "B")."""
+        ...
+
+
+class TransformersGenerator:
+    """Batched generation and scoring with an HF transformers model (optionally a PEFT model).
+
+    With `use_adapter=False` a PEFT model answers as its frozen base: that is how the judge and the
+    reference share one copy of the weights with the policy.
+    """
+
+    def __init__(self, model, tokenizer, *, name: str, batch_size: int = 16, use_adapter: bool = True):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.batch_size = batch_size
+        self.use_adapter = use_adapter
+        self.device = next(model.parameters()).device
+
+    def generate(self, conversations: Sequence[Conversation], params: SamplingParams,
+                 progress: Progress | None = None) -> list[str]:
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        sampling = params.temperature > 0
+        options = {"do_sample": sampling, "max_new_tokens": params.max_new_tokens}
+        if sampling:
+            options |= {"temperature": params.temperature, "top_p": params.top_p}
+        else:  # silence the model's default sampling settings when decoding greedily
+            options |= {"temperature": None, "top_p": None, "top_k": None}
+        eos = {self.tokenizer.eos_token_id, *self._eos_ids()}
+        outputs: dict[int, str] = {}
+        for indices, batch in self._batches(conversations):
+            with self._adapter_context(), torch.inference_mode():
+                generated = self.model.generate(
+                    **batch, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(eos), **options
+                )
+            new_tokens = generated[:, batch["input_ids"].shape[1]:]
+            for index, tokens in zip(indices, new_tokens, strict=True):
+                outputs[index] = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            if progress:
+                progress(len(indices))
+        return [outputs[i] for i in range(len(conversations))]
+
+    def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
+                        progress: Progress | None = None) -> list[list[float]]:
+        choice_ids = [self._single_token(choice) for choice in choices]
+        scores: dict[int, list[float]] = {}
+        for indices, batch in self._batches(conversations):
+            with self._adapter_context(), torch.inference_mode():
+                # Only the last position's logits are needed: skip the vocabulary projection elsewhere.
+                logits = self.model(**batch, logits_to_keep=1).logits[:, -1, :]
+            logprobs = torch.log_softmax(logits.float(), dim=-1)[:, choice_ids]
+            for index, row in zip(indices, logprobs.tolist(), strict=True):
+                scores[index] = row
+            if progress:
+                progress(len(indices))
+        return [scores[i] for i in range(len(conversations))]
+
+    def render(self, conversation: Conversation) -> str:
+        """The chat-templated prompt text: a reply is generated (or continued) right after it."""
+        continues = conversation[-1]["role"] == "assistant"
+        return self.tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=not continues, continue_final_message=continues
+        )
+
+    def _batches(self, conversations: Sequence[Conversation]) -> Iterator[tuple[list[int], dict]]:
+        """Left-padded batches of similar length (longest first), with their original indices."""
+        encoded = [self.tokenizer(self.render(c), add_special_tokens=False)["input_ids"] for c in conversations]
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        for start in range(0, len(order), self.batch_size):
+            indices = order[start:start + self.batch_size]
+            width = max(len(encoded[i]) for i in indices)
+            pad = self.tokenizer.pad_token_id
+            ids = [[pad] * (width - len(encoded[i])) + encoded[i] for i in indices]
+            mask = [[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in indices]
+            yield indices, {
+                "input_ids": torch.tensor(ids, device=self.device),
+                "attention_mask": torch.tensor(mask, device=self.device),
+            }
+
+    def _single_token(self, choice: str) -> int:
+        ids = self.tokenizer(choice, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"choice {choice!r} is {len(ids)} tokens for this tokenizer; choices must be 1 token")
+        return ids[0]
+
+    def _eos_ids(self) -> list[int]:
+        # Chat models end a turn with their own end-of-turn token, which may differ from eos_token.
+        eos = self.model.generation_config.eos_token_id
+        return [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+
+    def _adapter_context(self):
+        if not self.use_adapter and hasattr(self.model, "disable_adapter"):
+            return self.model.disable_adapter()
+        return contextlib.nullcontext()

@@ -1,0 +1,1 @@
+"""The service: run config, storage, the iteration stages, and the CLI."""

@@ -1,0 +1,156 @@
+"""The `cai` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+from rich.table import Table
+
+app = typer.Typer(help="cai: Constitutional AI and RLAIF self-improvement.", no_args_is_help=True,
+                  pretty_exceptions_show_locals=False)
+principles_app = typer.Typer(help="Work with principle (constitution) files.", no_args_is_help=True)
+app.add_typer(principles_app, name="principles")
+
+console = Console(stderr=True)
+out = Console()
+
+RunDir = Annotated[Path, typer.Option("--run-dir", help="Directory holding the run's database and adapters.")]
+
+
+def _setup_logging(run_dir: Path | None) -> None:
+    handlers: list[logging.Handler] = [RichHandler(console=console, level=logging.WARNING, show_path=False)]
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        file = logging.FileHandler(run_dir / "cai.log")
+        file.setFormatter(logging.Formatter("ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r"))
+        file.setLevel(logging.INFO)
+        handlers.append(file)
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(message: str) -> None:
+    console.print("[bold red]error:[/]", escape(message), highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def iterate(
+    config: Annotated[Path, typer.Option("--config", help="Run config YAML, e.g. configs/quickstart.yaml.")],
+    run_dir: RunDir,
+) -> None:
+    """Run one iteration (or finish an interrupted one): generate, critique, revise, judge, train."""
+    from constitution import ConstitutionError
+    from loop.config import ConfigError, load_run_config
+    from loop.iteration import run_iteration
+    from loop.progress import RichReporter
+    from loop.prompts import PromptFileError
+    from policies.models import ModelNotFoundError
+    from policies.runtime import quiet_model_libraries
+
+    _setup_logging(run_dir)
+    quiet_model_libraries()
+    try:
+        summary = run_iteration(load_run_config(config), run_dir, RichReporter(console))
+    except (ConfigError, ConstitutionError, PromptFileError, ModelNotFoundError) as exc:
+        _fail(str(exc))
+    render_summary(summary)
+    console.print(f"run directory: {run_dir}  (database: {run_dir / 'cai.db'}, log: {run_dir / 'cai.log'})")
+
+
+@app.command()
+def status(
+    run_dir: RunDir,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    iteration: Annotated[int | None, typer.Option(help="Iteration index (default: the latest).")] = None,
+) -> None:
+    """Summarise an iteration of a run from its database."""
+    from loop.store import Store
+    from loop.summary import iteration_summary, latest_iteration
+
+    if not (run_dir / "cai.db").is_file():
+        _fail(f"no run in {run_dir} (no cai.db); start one with `cai iterate --config FILE --run-dir {run_dir}`")
+    store = Store.for_run_dir(run_dir)
+    with store.session() as session:
+        found = latest_iteration(session, iteration)
+        if found is None:
+            _fail(f"no iteration {iteration if iteration is not None else ''} in {run_dir}".replace("  ", " "))
+        summary = iteration_summary(session, found)
+    store.dispose()
+    if as_json:
+        out.print_json(json.dumps(summary))
+    else:
+        render_summary(summary)
+
+
+@principles_app.command("check")
+def principles_check(paths: Annotated[list[Path], typer.Argument(help="YAML files or folders of them.")]) -> None:
+    """Validate principle files; every problem is printed as FILE:LINE: FIELD: PROBLEM."""
+    from constitution import ConstitutionError, load_constitution
+
+    files = [f for p in paths for f in (sorted(p.glob("*.y*ml")) if p.is_dir() else [p])]
+    if not files:
+        _fail("no YAML files found in " + ", ".join(map(str, paths)))
+    failed = False
+    for file in files:
+        try:
+            constitution = load_constitution(file)
+        except ConstitutionError as exc:
+            failed = True
+            for problem in exc.problems:
+                typer.echo(str(problem))
+            continue
+        typer.echo(f"{file}: ok: {len(constitution.principles)} principles, hash {constitution.content_hash}")
+    if failed:
+        raise typer.Exit(code=1)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def render_summary(summary: dict[str, Any]) -> None:
+    title = (f"run {summary['run']} · iteration {summary['iteration']} ({summary['status']}) · "
+             f"{summary['policy_in']} → {summary['policy_version'] or 'no new policy'} · "
+             f"constitution {summary['constitution_hash']}")
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("stage")
+    table.add_column("result")
+    table.add_column("value", justify="right")
+    table.add_column("wall s", justify="right")
+    wall = {stage: f"{seconds:.1f}" for stage, seconds in summary["wall_s"].items()}
+    judge, train = summary["judge"], summary["train"]
+    table.add_row("generate", "samples", _fmt(summary["samples"]), _fmt(wall.get("generate")))
+    table.add_row("critique", "critiques / revisions", f"{summary['critiques']} / {summary['revisions']}",
+                  _fmt(wall.get("critique")))
+    table.add_row("judge", "comparisons", _fmt(summary["comparisons"]), _fmt(wall.get("judge")))
+    table.add_row("", "mean p(revision better)", _fmt(judge["mean_p_revision_better"]), "")
+    table.add_row("", "both orders agree", _fmt(judge["order_agreement"]), "")
+    table.add_row("pairs", "kept pairs", _fmt(summary["pairs"]), _fmt(wall.get("pairs")))
+    table.add_row("train", "DPO loss before → after",
+                  f"{_fmt(train['loss_before'])} → {_fmt(train['loss_after'])}", _fmt(wall.get("train")))
+    table.add_row("", "reward margin before → after",
+                  f"{_fmt(train['reward_margin_before'])} → {_fmt(train['reward_margin_after'])}", "")
+    table.add_row("", "reward accuracy before → after",
+                  f"{_fmt(train['reward_accuracy_before'])} → {_fmt(train['reward_accuracy_after'])}", "")
+    table.add_row("", "optimizer steps", _fmt(train["optimizer_steps"]), "")
+    out.print(table)
+
+
+def main() -> None:  # pragma: no cover - `python -m loop.cli`
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

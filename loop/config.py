@@ -1,0 +1,127 @@
+"""The run configuration: one YAML file validated at the edge, with environment overrides.
+
+Any field can be overridden from the environment: `CAI_HOME=/data/cai`, `CAI_TRAIN__DPO__BETA=0.2`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from policies.adapters import LoraSettings
+from policies.dpo import DPOSettings
+from policies.models import DEFAULT_MODEL
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSettings(Section):
+    name: str = DEFAULT_MODEL
+    """A built-in model name or a local HF model directory."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "auto"
+
+
+class PromptSettings(Section):
+    files: list[Path] = Field(min_length=1)
+    """JSONL files of {"id", "prompt", "category"}; relative paths are relative to the config file."""
+    per_iteration: int = Field(default=16, ge=1)
+
+
+class GenerationSettings(Section):
+    backend: Literal["transformers"] = "transformers"
+    batch_size: int = Field(default=16, ge=1)
+    samples_per_prompt: int = Field(default=1, ge=1)
+    max_new_tokens: int = Field(default=128, ge=1)
+    temperature: float = Field(default=0.7, ge=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+
+
+class CritiqueSettings(Section):
+    rounds: int = Field(default=1, ge=1)
+    max_new_tokens: int = Field(default=128, ge=1)
+    temperature: float = Field(default=0.7, ge=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+
+
+class JudgeSettings(Section):
+    margin: float = Field(default=0.05, ge=0, lt=0.5)
+    """Pairs whose |p(revision better) - 0.5| is below this are dropped."""
+    batch_size: int = Field(default=8, ge=1)
+
+
+class TrainSettings(Section):
+    trainer: Literal["dpo"] = "dpo"
+    dpo: DPOSettings = DPOSettings()
+    lora: LoraSettings = LoraSettings()
+
+
+class RunConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CAI_", env_nested_delimiter="__", extra="forbid")
+
+    home: Path = Path("~/.cache/cai")
+    """CAI_HOME: caches that outlive runs (converted models)."""
+    seed: int = 0
+    threads: int | None = None
+    """Torch threads; default: all cores."""
+    constitution: str = "default"
+    """A shipped constitution's name, or a path to a YAML file (relative to the config file)."""
+    model: ModelSettings = ModelSettings()
+    prompts: PromptSettings
+    generation: GenerationSettings = GenerationSettings()
+    critique: CritiqueSettings = CritiqueSettings()
+    judge: JudgeSettings = JudgeSettings()
+    train: TrainSettings = TrainSettings()
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, *args, **kwargs):
+        # The environment wins over the file, so one config can be reused with a different CAI_HOME.
+        return env_settings, init_settings
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_run_config(path: Path) -> RunConfig:
+    """Read, validate and resolve a config file; relative paths become absolute against its folder."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    try:
+        config = RunConfig(**data)
+    except ValidationError as exc:
+        lines = [f"{path}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError("\n".join(lines)) from exc
+    return resolve_paths(config, path.parent)
+
+
+def resolve_paths(config: RunConfig, base: Path) -> RunConfig:
+    def absolute(p: Path) -> Path:
+        return (base / p.expanduser()).resolve()
+
+    constitution = config.constitution
+    if "/" in constitution or constitution.endswith((".yaml", ".yml")):
+        constitution = str(absolute(Path(constitution)))
+    model = config.model
+    if "/" in model.name:
+        model = model.model_copy(update={"name": str(absolute(Path(model.name)))})
+    prompts = config.prompts.model_copy(update={"files": [absolute(f) for f in config.prompts.files]})
+    return config.model_copy(update={
+        "home": config.home.expanduser().resolve(), "constitution": constitution, "model": model,
+        "prompts": prompts,
+    })
+
+
+def save_run_config(config: RunConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

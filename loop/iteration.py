@@ -1,0 +1,100 @@
+"""One iteration of the loop: open (or resume) it, run its stages in order, promote its policy."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from constitution import load_constitution
+from loop.config import RunConfig, save_run_config
+from loop.context import Engines, IterationContext
+from loop.progress import NullReporter, Reporter
+from loop.prompts import load_prompts, select_prompts
+from loop.stages import STAGES
+from loop.store import Iteration, Policy, Run, Sample, StageRun, Store, utcnow
+from loop.summary import iteration_summary
+from policies.runtime import configure_threads
+
+log = logging.getLogger(__name__)
+
+
+def open_iteration(store: Store, config: RunConfig, run_dir: Path, constitution_hash: str) -> tuple[int, int, int]:
+    """(run id, iteration id, iteration index): the unfinished iteration if there is one, else a new one."""
+    with store.session() as session:
+        run = session.scalar(select(Run).order_by(Run.id))
+        if run is None:
+            run = Run(name=run_dir.name, config=config.model_dump(mode="json"))
+            session.add(run)
+            session.flush()
+            session.add(Policy(run_id=run.id, version=0, parent_version=None, adapter_path=None))
+        latest = session.scalar(select(Iteration).where(Iteration.run_id == run.id)
+                                .order_by(Iteration.index.desc()))
+        if latest is not None and latest.status != "done":
+            log.info("resuming iteration %d", latest.index)
+            return run.id, latest.id, latest.index
+
+        index = 1 + (latest.index if latest else 0)
+        iteration = Iteration(run_id=run.id, index=index, policy_version=run.current_policy,
+                              constitution_hash=constitution_hash)
+        session.add(iteration)
+        session.flush()
+        prompts = select_prompts(load_prompts(config.prompts.files), config.prompts.per_iteration,
+                                 config.seed, index)
+        for record in prompts:
+            for k in range(config.generation.samples_per_prompt):
+                session.add(Sample(iteration_id=iteration.id, prompt_id=record.id, prompt_category=record.category,
+                                   prompt=record.prompt, sample_index=k, policy_version=run.current_policy,
+                                   constitution_hash=constitution_hash))
+        return run.id, iteration.id, index
+
+
+def _adapter_of(store: Store, run_id: int, run_dir: Path) -> tuple[int, Path | None]:
+    with store.session() as session:
+        run = session.get(Run, run_id)
+        policy = session.scalar(select(Policy).where(Policy.run_id == run_id, Policy.version == run.current_policy))
+        return run.current_policy, (run_dir / policy.adapter_path if policy.adapter_path else None)
+
+
+def _finish(ctx: IterationContext) -> None:
+    """Without gates yet, a trained policy is promoted: the next iteration generates with it."""
+    with ctx.store.session() as session:
+        iteration = session.get(Iteration, ctx.iteration_id)
+        produced = session.scalar(select(func.max(Policy.version)).where(Policy.iteration_id == iteration.id))
+        if produced is not None:
+            session.get(Run, ctx.run_id).current_policy = produced
+        iteration.status = "done"
+        iteration.finished_at = utcnow()
+
+
+def run_iteration(config: RunConfig, run_dir: Path, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Run (or resume) one iteration in `run_dir` and return its summary."""
+    reporter = reporter or NullReporter()
+    configure_threads(config.threads)
+    constitution = load_constitution(config.constitution)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_run_config(config, run_dir / "config.yaml")
+    store = Store.for_run_dir(run_dir)
+    try:
+        run_id, iteration_id, index = open_iteration(store, config, run_dir, constitution.content_hash)
+        version, adapter = _adapter_of(store, run_id, run_dir)
+        ctx = IterationContext(config=config, store=store, run_dir=run_dir, run_id=run_id,
+                               iteration_id=iteration_id, iteration_index=index, constitution=constitution,
+                               engines=Engines(config, version, adapter), reporter=reporter)
+        with store.session() as session:
+            done = set(session.scalars(select(StageRun.stage).where(StageRun.iteration_id == iteration_id)))
+        for name, stage in STAGES.items():
+            if name in done:
+                log.info("stage %s of iteration %d already done", name, index)
+                continue
+            log.info("stage %s of iteration %d starting", name, index)
+            ctx.started[name] = time.perf_counter()
+            stage(ctx)
+        _finish(ctx)
+        with store.session() as session:
+            return iteration_summary(session, session.get(Iteration, iteration_id))
+    finally:
+        store.dispose()

@@ -1,0 +1,178 @@
+"""The database: the source of truth for every run, iteration, sample, verdict, pair and policy.
+
+SQLite (WAL) in the run directory by default; the same models work on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Text, UniqueConstraint, create_engine, event, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON}
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    config: Mapped[dict[str, Any]]
+    current_policy: Mapped[int] = mapped_column(default=0)
+    """Version of the policy that generates the next iteration (0 is the base model)."""
+
+
+class Iteration(Base):
+    __tablename__ = "iterations"
+    __table_args__ = (UniqueConstraint("run_id", "index"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    index: Mapped[int]
+    status: Mapped[str] = mapped_column(default="running")
+    policy_version: Mapped[int]
+    """The policy π_i that generated this iteration's samples."""
+    constitution_hash: Mapped[str]
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class StageRun(Base):
+    """A finished stage shard; written in the same transaction as the shard's outputs."""
+
+    __tablename__ = "stage_runs"
+    __table_args__ = (UniqueConstraint("iteration_id", "stage", "shard"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    iteration_id: Mapped[int] = mapped_column(ForeignKey("iterations.id"))
+    stage: Mapped[str]
+    shard: Mapped[int] = mapped_column(default=0)
+    wall_s: Mapped[float]
+    finished_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Sample(Base):
+    __tablename__ = "samples"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    iteration_id: Mapped[int] = mapped_column(ForeignKey("iterations.id"), index=True)
+    prompt_id: Mapped[str]
+    prompt_category: Mapped[str]
+    prompt: Mapped[str] = mapped_column(Text)
+    sample_index: Mapped[int] = mapped_column(default=0)
+    response: Mapped[str | None] = mapped_column(Text)
+    revision: Mapped[str | None] = mapped_column(Text)
+    """The last round's revision: the candidate compared against `response`."""
+    policy_version: Mapped[int]
+    constitution_hash: Mapped[str]
+
+
+class Critique(Base):
+    """One critique → revision round of a sample."""
+
+    __tablename__ = "critiques"
+    __table_args__ = (UniqueConstraint("sample_id", "round"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
+    round: Mapped[int]
+    principle_id: Mapped[str]
+    critique: Mapped[str] = mapped_column(Text)
+    revision: Mapped[str] = mapped_column(Text)
+    constitution_hash: Mapped[str]
+
+
+class Comparison(Base):
+    """The judge's verdict on response (A) against revision (B) under one principle."""
+
+    __tablename__ = "comparisons"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
+    principle_id: Mapped[str]
+    judge: Mapped[str]
+    p_b_when_second: Mapped[float]
+    p_b_when_first: Mapped[float]
+    p_b: Mapped[float]
+    """Position-debiased p(revision better): the mean of the two orders."""
+    constitution_hash: Mapped[str]
+
+
+class Pair(Base):
+    __tablename__ = "pairs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    comparison_id: Mapped[int] = mapped_column(ForeignKey("comparisons.id"), unique=True)
+    iteration_id: Mapped[int] = mapped_column(ForeignKey("iterations.id"), index=True)
+    chosen: Mapped[str] = mapped_column(Text)
+    rejected: Mapped[str] = mapped_column(Text)
+    chosen_is_revision: Mapped[bool]
+    target: Mapped[float]
+    """Soft label: the judge's probability that `chosen` is better."""
+
+
+class Policy(Base):
+    __tablename__ = "policies"
+    __table_args__ = (UniqueConstraint("run_id", "version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    version: Mapped[int]
+    parent_version: Mapped[int | None]
+    adapter_path: Mapped[str | None]
+    """None for version 0, the base model."""
+    iteration_id: Mapped[int | None] = mapped_column(ForeignKey("iterations.id"))
+    constitution_hash: Mapped[str | None]
+    trainer: Mapped[str | None]
+    pairs: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Metric(Base):
+    __tablename__ = "metrics"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    iteration_id: Mapped[int] = mapped_column(ForeignKey("iterations.id"), index=True)
+    stage: Mapped[str]
+    name: Mapped[str]
+    value: Mapped[float]
+    step: Mapped[int | None]
+
+
+class Store:
+    def __init__(self, url: str):
+        self.engine: Engine = create_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def for_run_dir(cls, run_dir: Path) -> Store:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite:///{run_dir / 'cai.db'}")
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: committed when the block ends, rolled back if it raises."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(connection, _record) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def count(session: Session, model, *where) -> int:
+    return session.scalar(select(func.count()).select_from(model).where(*where)) or 0

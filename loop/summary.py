@@ -1,0 +1,61 @@
+"""The summary of an iteration, computed from the store only: `cai iterate` and `cai status` share it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Float, cast, func, select
+from sqlalchemy.orm import Session
+
+from loop.store import Comparison, Critique, Iteration, Metric, Pair, Policy, Run, Sample, StageRun, count
+
+TRAIN_METRICS = ("loss", "reward_margin", "reward_accuracy", "chosen_reward", "rejected_reward")
+
+
+def latest_iteration(session: Session, index: int | None = None) -> Iteration | None:
+    query = select(Iteration).order_by(Iteration.index.desc())
+    if index is not None:
+        query = query.where(Iteration.index == index)
+    return session.scalars(query).first()
+
+
+def iteration_summary(session: Session, iteration: Iteration) -> dict[str, Any]:
+    in_iteration = Sample.iteration_id == iteration.id
+    sample_ids = select(Sample.id).where(in_iteration)
+    comparisons = select(Comparison).where(Comparison.sample_id.in_(sample_ids)).subquery()
+    mean_p, agreeing = session.execute(select(
+        func.avg(comparisons.c.p_b),
+        # Both orders leaning the same way: how often the judge is not just following position.
+        func.avg(cast((comparisons.c.p_b_when_second > 0.5) == (comparisons.c.p_b_when_first > 0.5), Float)),
+    )).one()
+    metrics = {m.name: m.value for m in session.scalars(
+        select(Metric).where(Metric.iteration_id == iteration.id, Metric.step.is_(None)))}
+    produced = session.scalar(select(Policy).where(Policy.iteration_id == iteration.id))
+    stages = {s.stage: round(s.wall_s, 2) for s in session.scalars(
+        select(StageRun).where(StageRun.iteration_id == iteration.id).order_by(StageRun.id))}
+    run = session.get(Run, iteration.run_id)
+    return {
+        "run": run.name,
+        "iteration": iteration.index,
+        "status": iteration.status,
+        "constitution_hash": iteration.constitution_hash,
+        "policy_in": f"v{iteration.policy_version}",
+        "policy_version": f"v{produced.version}" if produced else None,
+        "adapter_path": produced.adapter_path if produced else None,
+        "samples": count(session, Sample, in_iteration, Sample.response.is_not(None)),
+        "critiques": count(session, Critique, Critique.sample_id.in_(sample_ids)),
+        "revisions": count(session, Critique, Critique.sample_id.in_(sample_ids), Critique.revision != ""),
+        "comparisons": count(session, Comparison, Comparison.sample_id.in_(sample_ids)),
+        "pairs": count(session, Pair, Pair.iteration_id == iteration.id),
+        "judge": {
+            "mean_p_revision_better": mean_p,
+            "order_agreement": agreeing,
+        },
+        "train": {
+            **{f"{name}_{when}": metrics.get(f"{name}_{when}") for name in TRAIN_METRICS
+               for when in ("before", "after")},
+            "optimizer_steps": int(metrics["optimizer_steps"]) if "optimizer_steps" in metrics else None,
+            "tokens_per_s": metrics.get("tokens_per_s"),
+        },
+        "wall_s": stages,
+    }

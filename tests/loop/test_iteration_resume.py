@@ -1,0 +1,90 @@
+"""Fault injection: a stage that dies leaves nothing half-written, and a re-run redoes only what is missing."""
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+import loop.stages
+from loop.config import RunConfig, resolve_paths
+from loop.iteration import run_iteration
+from loop.store import Comparison, Critique, Iteration, Pair, Policy, Run, Sample, StageRun, Store
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def config(tiny_model_dir, cai_home) -> RunConfig:
+    raw = RunConfig(
+        home=cai_home, seed=0, threads=2,
+        model={"name": str(tiny_model_dir), "device": "cpu"},
+        prompts={"files": [ROOT / "data/prompts/harmful.jsonl", ROOT / "data/prompts/borderline.jsonl"],
+                 "per_iteration": 3},
+        generation={"max_new_tokens": 6}, critique={"max_new_tokens": 6, "rounds": 2},
+        judge={"margin": 0.0},
+        train={"dpo": {"batch_size": 2, "max_length": 96, "learning_rate": 1e-2}, "lora": {"r": 4, "alpha": 8}},
+    )
+    return resolve_paths(raw, ROOT)
+
+
+def snapshot(run_dir: Path) -> dict:
+    store = Store.for_run_dir(run_dir)
+    with store.session() as s:
+        state = {
+            "responses": [x.response for x in s.scalars(select(Sample).order_by(Sample.id))],
+            "critiques": [(c.sample_id, c.round, c.critique) for c in s.scalars(select(Critique))],
+            "comparisons": [(c.sample_id, c.p_b) for c in s.scalars(select(Comparison))],
+            "pairs": s.query(Pair).count(),
+            "stages": sorted(r.stage for r in s.scalars(select(StageRun))),
+            "policies": sorted(p.version for p in s.scalars(select(Policy))),
+        }
+    store.dispose()
+    return state
+
+
+def test_crash_in_training_then_resume_redoes_only_training(config, tmp_path, monkeypatch):
+    real_train = loop.stages.STAGES["train"]
+
+    def crash(ctx):
+        raise RuntimeError("injected crash in train")
+
+    monkeypatch.setitem(loop.stages.STAGES, "train", crash)
+    with pytest.raises(RuntimeError, match="injected"):
+        run_iteration(config, tmp_path)
+    before = snapshot(tmp_path)
+    assert before["stages"] == ["critique", "generate", "judge", "pairs"]
+    assert len(before["critiques"]) == 3 * 2  # 3 samples x 2 rounds
+    assert before["policies"] == [0]
+
+    generations = []
+    monkeypatch.setitem(loop.stages.STAGES, "train", real_train)
+    monkeypatch.setitem(loop.stages.STAGES, "generate", lambda ctx: generations.append(ctx))
+    summary = run_iteration(config, tmp_path)
+    after = snapshot(tmp_path)
+    assert generations == []  # finished stages were not re-run
+    assert {k: after[k] for k in ("responses", "critiques", "comparisons", "pairs")} == \
+        {k: before[k] for k in ("responses", "critiques", "comparisons", "pairs")}
+    assert after["policies"] == [0, 1]
+    assert summary["iteration"] == 1 and summary["policy_version"] == "v1"
+    assert (summary["samples"], summary["critiques"], summary["comparisons"], summary["pairs"]) == (3, 6, 3, 3)
+    json.dumps(summary)  # `cai status --json` prints exactly this
+
+
+def test_next_iteration_generates_with_the_promoted_policy(config, tmp_path):
+    run_iteration(config, tmp_path)
+    summary = run_iteration(config, tmp_path)
+    assert (summary["iteration"], summary["policy_in"], summary["policy_version"]) == (2, "v1", "v2")
+    store = Store.for_run_dir(tmp_path)
+    with store.session() as s:
+        assert s.scalar(select(Run.current_policy)) == 2
+        v2 = s.scalar(select(Policy).where(Policy.version == 2))
+        assert v2.parent_version == 1 and (tmp_path / v2.adapter_path / "adapter_model.safetensors").is_file()
+        assert [i.policy_version for i in s.scalars(select(Iteration).order_by(Iteration.index))] == [0, 1]
+    store.dispose()
+
+
+def test_no_confident_pairs_means_no_new_policy(config, tmp_path):
+    strict = config.model_copy(update={"judge": config.judge.model_copy(update={"margin": 0.4999})})
+    summary = run_iteration(strict, tmp_path)
+    assert summary["pairs"] == 0 and summary["policy_version"] is None and summary["status"] == "done"

@@ -1,0 +1,61 @@
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from loop.config import ConfigError, load_run_config
+from loop.prompts import PromptFileError, load_prompts, select_prompts
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((ROOT / "data" / "prompts").glob("*.jsonl"))
+
+
+def test_shipped_prompts_cover_harmful_benign_and_risky_sounding_benign():
+    records = load_prompts(SHIPPED)
+    assert len(records) >= 60
+    categories = Counter(r.category for r in records)
+    assert categories["harmful"] >= 20 and categories["benign"] >= 15 and categories["borderline"] >= 15
+
+
+def test_bad_prompt_lines_name_file_and_line(tmp_path):
+    bad = tmp_path / "p.jsonl"
+    bad.write_text(json.dumps({"id": "a", "prompt": "x"}) + "\n\n{not json}\n")
+    with pytest.raises(PromptFileError, match=rf"^{bad}:3: invalid JSON"):
+        load_prompts([bad])
+    bad.write_text(json.dumps({"id": "a"}) + "\n")
+    with pytest.raises(PromptFileError, match=rf"^{bad}:1: prompt: Field required"):
+        load_prompts([bad])
+    bad.write_text(json.dumps({"id": "a", "prompt": "x"}) + "\n" + json.dumps({"id": "a", "prompt": "y"}) + "\n")
+    with pytest.raises(PromptFileError, match=rf"^{bad}:2: duplicate prompt id 'a' \(first at {bad}:1\)"):
+        load_prompts([bad])
+
+
+def test_prompt_selection_is_reproducible_and_varies_by_iteration():
+    pool = load_prompts(SHIPPED)
+    first = select_prompts(pool, 10, seed=0, iteration=1)
+    assert first == select_prompts(pool, 10, seed=0, iteration=1)
+    assert first != select_prompts(pool, 10, seed=0, iteration=2)
+    assert len(select_prompts(pool[:3], 10, seed=0, iteration=1)) == 3
+
+
+def test_quickstart_config_resolves_paths_against_its_folder(monkeypatch):
+    monkeypatch.setenv("CAI_HOME", "/tmp/somewhere")
+    config = load_run_config(ROOT / "configs" / "quickstart.yaml")
+    assert config.home == Path("/tmp/somewhere")
+    assert all(f.is_file() for f in config.prompts.files)
+    assert config.constitution == "default"
+
+
+def test_environment_overrides_nested_fields(monkeypatch):
+    monkeypatch.setenv("CAI_TRAIN__DPO__BETA", "0.25")
+    assert load_run_config(ROOT / "configs" / "quickstart.yaml").train.dpo.beta == 0.25
+
+
+def test_config_errors_name_the_file_and_field(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("prompts:\n  files: [a.jsonl]\njudge:\n  margin: 0.9\n  typo: 1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_run_config(path)
+    message = str(caught.value)
+    assert f"{path}: judge.margin:" in message and f"{path}: judge.typo:" in message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from policies.files import atomic_directory
@@ -32,8 +33,10 @@ def attach_trainable_adapter(model, lora: LoraSettings, parent: Path | None = No
     return get_peft_model(model, config)
 
 
-def save_adapter(model, target: Path) -> Path:
-    """Write the adapter (safetensors) atomically: a reader never sees half an adapter."""
+def save_adapter(model, target: Path, *extras: torch.nn.Module) -> Path:
+    """Write the adapter (safetensors) and any extra heads atomically: a reader never sees half an adapter."""
     with atomic_directory(target) as staging:
         model.save_pretrained(staging, safe_serialization=True)
+        for extra in extras:
+            extra.save(staging)
     return target

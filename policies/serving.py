@@ -65,24 +65,34 @@ class TransformersGenerator:
 
     def generate(self, conversations: Sequence[Conversation], params: SamplingParams,
                  progress: Progress | None = None) -> list[str]:
+        return [self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+                for tokens in self.generate_tokens(conversations, params, progress)]
+
+    def generate_tokens(self, conversations: Sequence[Conversation], params: SamplingParams,
+                        progress: Progress | None = None) -> list[list[int]]:
+        """The sampled token ids of each reply, up to and including its end-of-turn token if one was sampled.
+
+        RL needs the exact tokens that were sampled: re-tokenising decoded text can give a different sequence.
+        """
         if params.seed is not None:
             torch.manual_seed(params.seed)
         sampling = params.temperature > 0
-        options = {"do_sample": sampling, "max_new_tokens": params.max_new_tokens}
+        # top_k is disabled explicitly: the model's generation defaults would otherwise truncate sampling.
+        options = {"do_sample": sampling, "max_new_tokens": params.max_new_tokens, "top_k": None}
         if sampling:
             options |= {"temperature": params.temperature, "top_p": params.top_p}
         else:  # silence the model's default sampling settings when decoding greedily
-            options |= {"temperature": None, "top_p": None, "top_k": None}
-        eos = {self.tokenizer.eos_token_id, *self._eos_ids()}
-        outputs: dict[int, str] = {}
+            options |= {"temperature": None, "top_p": None}
+        eos = sorted({self.tokenizer.eos_token_id, *self._eos_ids()})
+        outputs: dict[int, list[int]] = {}
         for indices, batch in self._batches(conversations):
             with self._adapter_context(), torch.inference_mode():
                 generated = self.model.generate(
-                    **batch, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(eos), **options
+                    **batch, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos, **options
                 )
-            new_tokens = generated[:, batch["input_ids"].shape[1]:]
-            for index, tokens in zip(indices, new_tokens, strict=True):
-                outputs[index] = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            for index, tokens in zip(indices, generated[:, batch["input_ids"].shape[1]:].tolist(), strict=True):
+                end = next((i for i, t in enumerate(tokens) if t in eos), None)
+                outputs[index] = tokens if end is None else tokens[: end + 1]
             if progress:
                 progress(len(indices))
         return [outputs[i] for i in range(len(conversations))]

@@ -1,0 +1,164 @@
+"""The one entry point of every trainer: `python -m policies.train SPEC.json`.
+
+The same command runs single-process on a CPU, or under `torchrun --nproc_per_node N -m policies.train SPEC.json`
+(or the `deepspeed` launcher) with a ZeRO config on GPUs. It reads its data from files named in the spec,
+writes the adapter to `output_dir/adapter` and `output_dir/result.json`, and prints progress lines
+(`CAI_PROGRESS {...}`) that the launching process turns into progress bars.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from policies.adapters import LoraSettings, attach_trainable_adapter, save_adapter
+from policies.distributed import World, current_world, deepspeed_engine
+from policies.files import atomic_write_text
+from policies.models import load_model
+from policies.ppo import PolicyWithValue, PPOSettings, PPOTrainer, Rollout
+from policies.preference import PreferenceSettings, PreferenceTrainer
+from policies.preference_data import PreferenceExample, collate_sequences
+from policies.reward_model import RewardModel, RewardModelSettings, RewardModelTrainer, reward_eval_metrics
+from policies.runtime import configure_threads, quiet_model_libraries
+from policies.sft import SFTExample, SFTSettings, SFTTrainer
+from policies.training import StepLog, emit_progress
+
+log = logging.getLogger(__name__)
+
+TrainerKind = Literal["preference", "sft", "reward_model", "ppo"]
+
+
+class TrainSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: TrainerKind
+    model_dir: Path
+    data: Path
+    """JSONL: {prompt, chosen, rejected, target} for preference and reward_model, {prompt, response} for sft,
+    {prompt} for ppo; `prompt` is a list of chat messages."""
+    output_dir: Path
+    parent_adapter: Path | None = None
+    """Continue training this adapter (the parent policy); otherwise start a fresh one."""
+    lora: LoraSettings = LoraSettings()
+    preference: PreferenceSettings = PreferenceSettings()
+    sft: SFTSettings = SFTSettings()
+    reward_model: RewardModelSettings = RewardModelSettings()
+    ppo: PPOSettings = PPOSettings()
+    reward_model_dir: Path | None = None
+    """PPO's reward: a directory written by a reward_model run (its adapter and head)."""
+    device: str = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    threads: int | None = None
+    deepspeed: str | None = None
+    """`zero2`, `zero3` or a DeepSpeed JSON config; required when more than one process trains."""
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.output_dir / "adapter"
+
+    @property
+    def result_path(self) -> Path:
+        return self.output_dir / "result.json"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _progress(kind: str):
+    def on_step(step: StepLog) -> None:
+        emit_progress("step", {"trainer": kind, "step": step.step, "tokens_per_s": step.tokens_per_s, **step.metrics})
+    return on_step
+
+
+def run(spec: TrainSpec, world: World | None = None) -> dict[str, Any]:
+    world = world or current_world()
+    configure_threads(spec.threads)
+    quiet_model_libraries()
+    torch.manual_seed(0)
+    records = read_jsonl(spec.data)
+    lm, tokenizer = load_model(spec.model_dir, dtype=spec.dtype, device=spec.device)
+    lm = attach_trainable_adapter(lm, spec.lora, spec.parent_adapter)
+    if spec.kind == "reward_model":
+        trainable = RewardModel.fresh(lm)
+    elif spec.kind == "ppo":
+        trainable = PolicyWithValue(lm)
+    else:
+        trainable = lm
+    settings = getattr(spec, spec.kind)
+    loop_options: dict[str, Any] = {"checkpoint_dir": spec.checkpoint_dir, "rank": world.rank,
+                                    "world_size": world.world_size}
+    if world.world_size > 1:
+        if spec.deepspeed is None:
+            raise ValueError("more than one process needs a DeepSpeed config: set `deepspeed: zero2` (or zero3)")
+        loop_options["engine"] = deepspeed_engine(trainable, settings, spec.deepspeed)
+    emit_progress("start", {"trainer": spec.kind, "examples": len(records)})
+
+    if spec.kind == "preference":
+        examples = [PreferenceExample(r["prompt"], r["chosen"], r["rejected"], r.get("target", 1.0)) for r in records]
+        result = PreferenceTrainer(lm, tokenizer, settings, **loop_options).train(examples, _progress(spec.kind))
+        metrics = result.metrics()
+    elif spec.kind == "sft":
+        examples = [SFTExample(r["prompt"], r["response"]) for r in records]
+        metrics = SFTTrainer(lm, tokenizer, settings, **loop_options).train(examples, _progress(spec.kind)).metrics()
+    elif spec.kind == "reward_model":
+        examples = [PreferenceExample(r["prompt"], r["chosen"], r["rejected"], r.get("target", 1.0)) for r in records]
+        evaluation, steps = RewardModelTrainer(trainable, tokenizer, settings, **loop_options).train(
+            examples, _progress(spec.kind))
+        metrics = reward_eval_metrics(evaluation) | {"rm_optimizer_steps": float(len(steps))}
+        log.info("reward model evaluation: %s", asdict(evaluation))
+    else:
+        reward_fn = _reward_model_fn(spec, tokenizer)
+        steps = PPOTrainer(trainable, tokenizer, settings, reward_fn, **loop_options).train(
+            [r["prompt"] for r in records], _progress(spec.kind))
+        metrics = {f"ppo_{k}_first": v for k, v in steps[0].metrics.items()}
+        metrics |= {f"ppo_{k}_last": v for k, v in steps[-1].metrics.items()}
+
+    if world.is_main:
+        save_adapter(lm, spec.adapter_dir, *([trainable.head] if spec.kind == "reward_model" else []))
+        atomic_write_text(spec.result_path, json.dumps({"kind": spec.kind, "metrics": metrics}, indent=1))
+    emit_progress("done", {"trainer": spec.kind})
+    return metrics
+
+
+def _reward_model_fn(spec: TrainSpec, tokenizer):
+    """Score rollouts with a trained reward model (a second, frozen copy: its adapter differs from the policy's)."""
+    if spec.reward_model_dir is None:
+        raise ValueError("PPO needs `reward_model_dir`: train a reward model first")
+    base, _ = load_model(spec.model_dir, dtype=spec.dtype, device=spec.device, adapter=spec.reward_model_dir)
+    scorer = RewardModel.load(base, spec.reward_model_dir).eval()
+
+    @torch.no_grad()
+    def score(rollouts: list[Rollout]) -> list[float]:
+        batch = collate_sequences([r.prompt_ids for r in rollouts], [r.completion_ids for r in rollouts],
+                                  tokenizer.pad_token_id)
+        device = next(scorer.parameters()).device
+        return scorer(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().tolist()
+
+    return score
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m policies.train SPEC.json", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r")
+    spec = TrainSpec.model_validate_json(Path(argv[0]).read_text())
+    run(spec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""`python -m policies.train SPEC.json` in a child process, single and multi-process (DeepSpeed ZeRO-2 on CPU)."""
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from policies.launch import TrainingFailed, launch
+from policies.preference import PreferenceSettings
+from policies.train import TrainSpec
+
+PAIRS = [{"prompt": [{"role": "user", "content": f"Question {i}?"}], "chosen": f"A careful answer {i}.",
+          "rejected": "No.", "target": 0.9} for i in range(8)]
+
+
+def spec_for(tmp_path, tiny_model_dir, **overrides) -> TrainSpec:
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    fields = {"kind": "preference", "model_dir": tiny_model_dir, "data": data, "output_dir": tmp_path / "out",
+              "device": "cpu", "threads": 1, "lora": {"r": 4, "alpha": 8},
+              "preference": PreferenceSettings(batch_size=2, max_length=64, learning_rate=1e-2)}
+    return TrainSpec(**(fields | overrides))
+
+
+def test_child_process_trains_and_reports_progress(tmp_path, tiny_model_dir):
+    events = []
+    metrics = launch(spec_for(tmp_path, tiny_model_dir), on_progress=events.append)
+    assert metrics["optimizer_steps"] == 4 and metrics["loss_after"] < metrics["loss_before"]
+    assert [e["kind"] for e in events] == ["start", "step", "step", "step", "step", "done"]
+    weights = load_file(tmp_path / "out" / "adapter" / "adapter_model.safetensors")
+    assert any(t.abs().sum() > 0 for n, t in weights.items() if "lora_B" in n)
+
+
+def test_a_failing_trainer_raises_with_its_log_tail(tmp_path, tiny_model_dir):
+    spec = spec_for(tmp_path, tiny_model_dir, data=tmp_path / "missing.jsonl")
+    with pytest.raises(TrainingFailed, match="missing.jsonl"):
+        launch(spec)
+
+
+@pytest.mark.slow
+def test_two_processes_with_deepspeed_zero2_on_cpu(tmp_path, tiny_model_dir):
+    pytest.importorskip("deepspeed")
+    spec = spec_for(tmp_path, tiny_model_dir, deepspeed="zero2")
+    metrics = launch(spec, launcher="torchrun", processes=2)
+    # 4 micro-batches of 2 pairs shared by 2 ranks: 2 optimizer steps, each over 4 pairs.
+    assert metrics["optimizer_steps"] == 2
+    assert metrics["loss_after"] < metrics["loss_before"]
+
+
+def test_more_than_one_process_needs_a_deepspeed_config(tmp_path, tiny_model_dir):
+    with pytest.raises(ValueError, match="need a DeepSpeed config"):
+        launch(spec_for(tmp_path, tiny_model_dir), launcher="torchrun", processes=2)

@@ -1,0 +1,219 @@
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from policies.adapters import LoraSettings, attach_trainable_adapter, save_adapter
+from policies.losses import LossType
+from policies.models import load_model
+from policies.preference import PreferenceSettings, PreferenceTrainer
+from policies.preference_data import (
+    EncodedPair,
+    PreferenceExample,
+    collate,
+    completion_logps,
+    completion_text,
+    encode_pair,
+)
+
+EXAMPLES = [
+    PreferenceExample([{"role": "user", "content": f"Question {i}?"}], chosen=f"A careful answer {i}.",
+                      rejected=f"No {i}.", target=0.8)
+    for i in range(6)
+]
+
+
+def test_collate_masks_only_completion_tokens():
+    pairs = [EncodedPair([1, 2], [3, 4, 5], [6]), EncodedPair([7], [8], [9, 10])]
+    batch = collate(pairs, pad_id=0)
+    assert batch["input_ids"].tolist() == [
+        [1, 2, 3, 4, 5], [7, 8, 0, 0, 0],  # chosen halves
+        [1, 2, 6, 0, 0], [7, 9, 10, 0, 0],  # rejected halves
+    ]
+    assert batch["completion_mask"].tolist() == [
+        [0, 0, 1, 1, 1], [0, 1, 0, 0, 0], [0, 0, 1, 0, 0], [0, 1, 1, 0, 0]]
+    assert batch["attention_mask"].tolist() == [
+        [1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 0, 0]]
+
+
+def test_completion_includes_the_end_of_turn_marker(tiny_model_dir):
+    _, tokenizer = load_model(tiny_model_dir, device="cpu")
+    text = completion_text(tokenizer, [{"role": "user", "content": "Q"}], "Answer.")
+    assert text.startswith("Answer.") and "<|im_end|>" in text
+
+
+def test_truncation_keeps_completions_and_drops_oldest_prompt_tokens(tiny_model_dir):
+    _, tokenizer = load_model(tiny_model_dir, device="cpu")
+    long = PreferenceExample([{"role": "user", "content": "word " * 200}], "yes " * 100, "no")
+    pair = encode_pair(tokenizer, long, max_length=64)
+    assert len(pair.prompt) + len(pair.chosen) <= 64 and len(pair.prompt) + len(pair.rejected) <= 64
+    assert len(pair.chosen) == 32
+
+
+def test_dpo_step_changes_adapter_and_starts_at_log_two(tiny_model_dir, tmp_path):
+    model, tokenizer = load_model(tiny_model_dir, device="cpu")
+    model = attach_trainable_adapter(model, LoraSettings(r=4, alpha=8))
+    settings = PreferenceSettings(beta=0.1, learning_rate=1e-2, epochs=2, batch_size=4, max_length=64)
+    result = PreferenceTrainer(model, tokenizer, settings).train(EXAMPLES)
+    # A fresh LoRA adapter is the identity, so the policy equals the reference: loss = -log sigmoid(0) = log 2.
+    assert result.before.loss == pytest.approx(math.log(2), abs=1e-5)
+    assert result.before.reward_margin == pytest.approx(0.0, abs=1e-5)
+    assert len(result.steps) == 4  # 2 batches x 2 epochs
+    assert all(math.isfinite(s.metrics["loss"]) for s in result.steps)
+    assert result.after.loss < result.before.loss
+    assert result.after.reward_margin > 0
+    saved = load_file(save_adapter(model, tmp_path / "v1") / "adapter_model.safetensors")
+    lora_b = [t for name, t in saved.items() if "lora_B" in name]
+    assert lora_b and any(t.abs().sum() > 0 for t in lora_b)  # B starts at zero: non-zero means trained
+
+
+def test_gradient_accumulation_takes_one_step_per_window(tiny_model_dir):
+    model, tokenizer = load_model(tiny_model_dir, device="cpu")
+    model = attach_trainable_adapter(model, LoraSettings(r=4, alpha=8))
+    settings = PreferenceSettings(epochs=1, batch_size=2, grad_accum=2, max_length=64)
+    result = PreferenceTrainer(model, tokenizer, settings).train(EXAMPLES)
+    assert len(result.steps) == 2  # 3 micro-batches: one full window, then the remainder
+
+
+def test_reference_is_the_base_model_with_the_adapter_disabled(tiny_model_dir):
+    model, tokenizer = load_model(tiny_model_dir, device="cpu")
+    base_model, _ = load_model(tiny_model_dir, device="cpu")
+    model = attach_trainable_adapter(model, LoraSettings(r=4, alpha=8))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.fill_(0.05)  # make the adapter matter before training starts
+    trainer = PreferenceTrainer(model, tokenizer, PreferenceSettings(max_length=64, max_steps=1))
+    pairs = [encode_pair(tokenizer, e, 64) for e in EXAMPLES]
+    with torch.no_grad():
+        policy_chosen, _ = completion_logps(model, collate(pairs, tokenizer.pad_token_id))
+        base_chosen, _ = completion_logps(base_model, collate(pairs, tokenizer.pad_token_id))
+    result = trainer.train(EXAMPLES)
+    # `kl` is mean(log pi - log pi_ref) over chosen completions: pi_ref must be the untouched base model.
+    assert result.before.kl == pytest.approx((policy_chosen - base_chosen).mean().item(), abs=1e-4)
+    assert abs(result.before.kl) > 1e-3
+
+
+def test_no_pairs_is_a_clear_error(tiny_model_dir):
+    model, tokenizer = load_model(tiny_model_dir, device="cpu")
+    model = attach_trainable_adapter(model, LoraSettings(r=4, alpha=8))
+    with pytest.raises(ValueError, match="at least one preference pair"):
+        PreferenceTrainer(model, tokenizer, PreferenceSettings()).train([])
+
+
+def fresh_policy(tiny_model_dir, seed: int = 0):
+    model, tokenizer = load_model(tiny_model_dir, device="cpu")
+    torch.manual_seed(seed)  # LoRA's A matrices are random: the same seed gives the same starting adapter
+    return attach_trainable_adapter(model, LoraSettings(r=4, alpha=8)), tokenizer
+
+
+def trainable(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_accumulating_eight_micro_batches_of_one_equals_one_batch_of_eight(tiny_model_dir):
+    examples = [PreferenceExample([{"role": "user", "content": f"Q{i} " * (i + 1)}], f"yes {i}", "no " * (i + 1))
+                for i in range(8)]
+    results = []
+    for batch_size, grad_accum in ((8, 1), (1, 8)):
+        model, tokenizer = fresh_policy(tiny_model_dir)
+        settings = PreferenceSettings(optimizer="sgd", learning_rate=0.5, batch_size=batch_size, grad_accum=grad_accum,
+                                      max_steps=1, max_length=64, max_grad_norm=1e9)
+        PreferenceTrainer(model, tokenizer, settings).train(examples)
+        results.append(trainable(model))
+    one_by_eight, eight_by_one = results
+    changed = [n for n in one_by_eight if "lora_B" in n]
+    assert any(one_by_eight[n].abs().sum() > 0 for n in changed)
+    for name in one_by_eight:
+        torch.testing.assert_close(one_by_eight[name], eight_by_one[name], atol=1e-6, rtol=1e-4)
+
+
+def test_precomputed_and_online_reference_train_identically(tiny_model_dir):
+    results = []
+    for reference in ("precompute", "online"):
+        model, tokenizer = fresh_policy(tiny_model_dir)
+        settings = PreferenceSettings(reference=reference, batch_size=2, max_steps=3, max_length=64, learning_rate=1e-2)
+        PreferenceTrainer(model, tokenizer, settings).train(EXAMPLES)
+        results.append(trainable(model))
+    for name in results[0]:
+        torch.testing.assert_close(results[0][name], results[1][name], atol=1e-6, rtol=1e-5)
+
+
+def test_resumed_run_equals_uninterrupted_run(tiny_model_dir, tmp_path):
+    settings = PreferenceSettings(batch_size=2, epochs=2, max_length=64, learning_rate=1e-2, checkpoint_every=1)
+    model, tokenizer = fresh_policy(tiny_model_dir)
+    PreferenceTrainer(model, tokenizer, settings, checkpoint_dir=tmp_path / "a").train(EXAMPLES)
+    uninterrupted = trainable(model)
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_step_4(step):
+        if step.step == 4:  # mid-way through the second epoch, before step 4's checkpoint is written
+            raise Crash
+
+    model, tokenizer = fresh_policy(tiny_model_dir)
+    with pytest.raises(Crash):
+        PreferenceTrainer(model, tokenizer, settings, checkpoint_dir=tmp_path / "b").train(EXAMPLES, crash_at_step_4)
+    assert sorted(p.name for p in (tmp_path / "b").glob("step-*")) == ["step-00000002", "step-00000003"]
+
+    # A new process would start from a fresh adapter with a different random init: the checkpoint must win.
+    model, tokenizer = fresh_policy(tiny_model_dir, seed=123)
+    result = PreferenceTrainer(model, tokenizer, settings, checkpoint_dir=tmp_path / "b").train(EXAMPLES)
+    assert [s.step for s in result.steps] == [4, 5, 6]
+    resumed = trainable(model)
+    for name in uninterrupted:
+        torch.testing.assert_close(resumed[name], uninterrupted[name], atol=1e-6, rtol=1e-5)
+
+
+def test_soft_labels_of_one_half_leave_a_fresh_policy_unchanged(tiny_model_dir):
+    # With target p = 0.5 the soft-label DPO gradient at h = 0 is beta * (sigmoid(0) - p) = 0.
+    undecided = [PreferenceExample(e.prompt, e.chosen, e.rejected, target=0.5) for e in EXAMPLES]
+    model, tokenizer = fresh_policy(tiny_model_dir)
+    before = trainable(model)
+    settings = PreferenceSettings(soft_labels=True, optimizer="sgd", learning_rate=1.0, max_length=64, max_steps=1)
+    PreferenceTrainer(model, tokenizer, settings).train(undecided)
+    for name, value in trainable(model).items():
+        torch.testing.assert_close(value, before[name], atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("loss", list(LossType))
+def test_every_loss_trains_and_stays_finite(tiny_model_dir, loss):
+    model, tokenizer = fresh_policy(tiny_model_dir)
+    before = trainable(model)
+    settings = PreferenceSettings(loss=loss, batch_size=3, max_steps=2, max_length=64, learning_rate=1e-2,
+                                  label_smoothing=0.1 if loss in (LossType.CDPO, LossType.RDPO) else 0.0)
+    result = PreferenceTrainer(model, tokenizer, settings).train(EXAMPLES)
+    assert len(result.steps) == 2
+    assert all(math.isfinite(v) for s in result.steps for k, v in s.metrics.items() if k != "kl")
+    assert any(not torch.equal(before[n], v) for n, v in trainable(model).items())
+
+
+def test_chunked_completion_logps_equal_a_plain_log_softmax_with_gradients(tiny_model_dir, monkeypatch):
+    import policies.preference_data as data
+
+    monkeypatch.setattr(data, "LOGIT_CHUNK", 7)  # several chunks, one of them partial
+    model, tokenizer = fresh_policy(tiny_model_dir)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.1)
+    batch = collate([encode_pair(tokenizer, e, 64) for e in EXAMPLES[:3]], tokenizer.pad_token_id)
+
+    sums, counts = data.sequence_logps(model, batch)
+    sums.sum().backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    token = torch.log_softmax(logits, -1).gather(2, batch["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
+    mask = batch["completion_mask"][:, 1:]
+    plain = (token * mask).sum(-1)
+    plain.sum().backward()
+
+    torch.testing.assert_close(sums, plain, atol=1e-4, rtol=1e-5)
+    assert counts.tolist() == mask.sum(-1).tolist()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            torch.testing.assert_close(ours[name], param.grad, atol=1e-5, rtol=1e-4)

@@ -1,0 +1,127 @@
+"""The `vllm-server` generation backend of an iteration: generators on the server, the publication of policy
+versions as LoRA adapters, and the server's counters per stage."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from pathlib import Path
+
+from sqlalchemy import select
+
+from loop.config import RunConfig
+from loop.store import Policy, Run, Store
+from policies.vllm_client import ServerError, VllmAdmin, VllmServerGenerator
+from policies.vllm_server import served_model_name
+
+log = logging.getLogger(__name__)
+
+HITS, QUERIES, GENERATED = ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total",
+                            "vllm:generation_tokens_total")
+
+
+def adapter_name(run_name: str, version: int, adapter: Path) -> str:
+    """`RUN-vN-HASH`: the name a policy version is served under.
+
+    The hash of the adapter's files keeps a re-created run (same name, same version, new weights) from being
+    answered by the old adapter still loaded on a long-running server, or from its prefix-cache blocks.
+    """
+    digest = hashlib.sha256()
+    for file in sorted(p for p in adapter.iterdir() if p.is_file()):
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return f"{run_name}-v{version}-{digest.hexdigest()[:8]}"
+
+
+def _version_of(name: str, run_name: str) -> int | None:
+    match = re.fullmatch(rf"{re.escape(run_name)}-v(\d+)-[0-9a-f]{{8}}", name)
+    return int(match.group(1)) if match else None
+
+
+def _admin(config: RunConfig, url: str | None = None) -> VllmAdmin:
+    s = config.generation.server
+    return VllmAdmin(url or s.url, timeout_s=min(s.timeout_s, 60.0), retries=s.retries, backoff_s=s.backoff_s)
+
+
+def _generator(config: RunConfig, url: str, model: str, name: str) -> VllmServerGenerator:
+    s = config.generation.server
+    return VllmServerGenerator(url, model, name=name, concurrency=s.concurrency, timeout_s=s.timeout_s,
+                               retries=s.retries, backoff_s=s.backoff_s)
+
+
+def policy_generator(config: RunConfig, run_name: str, version: int, adapter: Path | None) -> VllmServerGenerator:
+    """π_`version` on the server: its adapter, loaded first if the server lacks it (a restarted server has
+    none), or the base model for version 0."""
+    url = config.generation.server.url
+    model = served_model_name(config.model.name)
+    if adapter is not None:
+        model = adapter_name(run_name, version, adapter)
+        if _admin(config).ensure_adapter(model, adapter.resolve()):
+            log.info("published policy v%d as %s on %s", version, model, url)
+    return _generator(config, url, model, name=f"{config.model.name}@v{version}")
+
+
+def judge_generator(config: RunConfig) -> VllmServerGenerator:
+    """The judge: the base model (the reference, no adapter) or the configured judge model and server."""
+    url = config.judge.url or config.generation.server.url
+    model = config.judge.model or served_model_name(config.model.name)
+    return _generator(config, url, model, name=config.judge.model or config.model.name)
+
+
+def publish(config: RunConfig, store: Store, run_id: int, run_dir: Path) -> str | None:
+    """Serve the run's current policy and unload its adapters beyond the `keep_adapters` newest.
+
+    Returns the current policy's served name (None for the base model).
+    """
+    with store.session() as session:
+        run = session.get(Run, run_id)
+        run_name, current = run.name, run.current_policy
+        adapters = {p.version: run_dir / p.adapter_path for p in session.scalars(
+            select(Policy).where(Policy.run_id == run_id, Policy.adapter_path.is_not(None)))}
+    admin = _admin(config)
+    others = [v for v in sorted(adapters, reverse=True) if v != current]
+    keep = {current, *others[:config.generation.server.keep_adapters - 1]}
+    name = None
+    if current in adapters:
+        name = adapter_name(run_name, current, adapters[current])
+        if admin.ensure_adapter(name, adapters[current].resolve()):
+            log.info("published policy v%d as %s on %s", current, name, admin.url)
+    root = run_dir.resolve()
+    for served in admin.served().values():
+        version = _version_of(served.name, run_name)
+        # Only this run's adapters: same name pattern and a directory inside this run.
+        if version is None or version in keep or not served.path or not Path(served.path).is_relative_to(root):
+            continue
+        admin.unload_adapter(served.name)
+    return name
+
+
+def server_counters(config: RunConfig) -> dict[str, float] | None:
+    """The prefix-cache and generated-token counters, summed over the servers this run uses.
+
+    The counters are server-wide: traffic from other clients of the same server is counted too.
+    """
+    urls = {config.generation.server.url, config.judge.url or config.generation.server.url}
+    totals = dict.fromkeys((HITS, QUERIES, GENERATED), 0.0)
+    try:
+        for url in urls:
+            metrics = VllmAdmin(url, timeout_s=10.0, retries=1, backoff_s=0.5).metrics()
+            for key in totals:
+                totals[key] += metrics.get(key, 0.0)
+    except ServerError as exc:
+        log.warning("cannot read the vLLM server's metrics: %s", exc)
+        return None
+    return totals
+
+
+def serving_metrics(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:
+    """Prefix-cache hit rate (share of prompt tokens served from the cache) and generated tokens/s of a stage."""
+    queries, hits = after[QUERIES] - before[QUERIES], after[HITS] - before[HITS]
+    generated = after[GENERATED] - before[GENERATED]
+    metrics = {}
+    if queries > 0:
+        metrics["prefix_cache_hit_rate"] = hits / queries
+    if generated > 0 and wall_s > 0:
+        metrics["generated_tokens_per_s"] = generated / wall_s
+    return metrics

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.cai-installed
 RUN_DIR ?= runs/quickstart
 PYTEST_ARGS ?=
 
-.PHONY: setup quickstart test test-fast lint clean
+.PHONY: setup quickstart serve test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml
 
 quickstart: setup
 	$(BIN)/cai iterate --config configs/quickstart.yaml --run-dir $(RUN_DIR)
+
+# A vLLM server for configs/quickstart.yaml's model (its own environment under CAI_HOME, made on first use).
+serve: setup
+	$(BIN)/cai serve --config configs/quickstart.yaml
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

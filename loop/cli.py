@@ -56,15 +56,70 @@ def iterate(
     from loop.prompts import PromptFileError
     from policies.models import ModelNotFoundError
     from policies.runtime import quiet_model_libraries
+    from policies.vllm_client import ServerError
 
     _setup_logging(run_dir)
     quiet_model_libraries()
     try:
         summary = run_iteration(load_run_config(config), run_dir, RichReporter(console))
-    except (ConfigError, ConstitutionError, PromptFileError, ModelNotFoundError) as exc:
+    except (ConfigError, ConstitutionError, PromptFileError, ModelNotFoundError, ServerError) as exc:
         _fail(str(exc))
     render_summary(summary)
     console.print(f"run directory: {run_dir}  (database: {run_dir / 'cai.db'}, log: {run_dir / 'cai.log'})")
+
+
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Option("--config", help="Run config YAML: its model and generation.server.")],
+    url: Annotated[str | None, typer.Option(help="Where to listen (default: generation.server.url).")] = None,
+    log: Annotated[Path | None, typer.Option(help="Server log (default: CAI_HOME/vllm/server-PORT.log).")] = None,
+) -> None:
+    """Start a vLLM OpenAI-compatible server (CPU build) for the config's base model; Ctrl-C stops it.
+
+    First use creates the vLLM environment under CAI_HOME (minutes). The URL goes to stdout once it is ready.
+    """
+    import signal
+
+    from loop.config import ConfigError, load_run_config
+    from policies.models import ModelNotFoundError, resolve_model_dir
+    from policies.vllm_env import VllmEnvError, ensure_vllm_env, vllm_env_dir
+    from policies.vllm_server import VllmServer, VllmStartError, host_and_port, served_model_name
+
+    _setup_logging(None)
+    try:
+        run_config = load_run_config(config)
+        settings = run_config.generation.server
+        # The same precision as the transformers backend unless the server section says otherwise.
+        settings = settings.model_copy(update={"dtype": settings.dtype or run_config.model.dtype})
+        url = (url or settings.url).rstrip("/")
+        port = host_and_port(url)[1]
+        home = run_config.home
+        console.print(f"vLLM environment: {vllm_env_dir(home)} (created on first use)", highlight=False)
+        python = ensure_vllm_env(home)
+        model_dir = resolve_model_dir(run_config.model.name, home)
+        name = served_model_name(run_config.model.name)
+        server = VllmServer.start(python, model_dir, served_name=name, settings=settings,
+                                  lora_rank=run_config.train.lora.r,
+                                  log_path=log or home / "vllm" / f"server-{port}.log",
+                                  url=url)
+    except (ConfigError, ModelNotFoundError, VllmEnvError, VllmStartError, ValueError) as exc:
+        _fail(str(exc))
+    # SIGTERM (a service manager, `kill`) stops the server too: it runs in its own process group.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        console.print(f"starting {name} from {model_dir} (log: {server.log_path})", highlight=False)
+        seconds = server.wait_ready(settings.start_timeout_s)
+        console.print(f"ready in {seconds:.0f} s at {server.url}. Use it with `generation.backend: vllm-server` "
+                      f"and `generation.server.url: {server.url}`. Ctrl-C stops it.", highlight=False)
+        out.print(server.url, highlight=False)
+        code = server.process.wait()
+        _fail(f"the vLLM server exited with code {code}; last lines of {server.log_path}:\n{server.log_tail()}")
+    except VllmStartError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        console.print("stopping the vLLM server")
+    finally:
+        server.stop()
 
 
 @app.command()
@@ -120,6 +175,19 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _metric_rows(metrics: dict[str, float]) -> list[tuple[str, str]]:
+    """`x_before`/`x_after` (or `x_first`/`x_last`) become one row `x  before → after`; others stay single."""
+    rows, paired = [], set()
+    for name, value in metrics.items():
+        for start, end in (("_before", "_after"), ("_first", "_last")):
+            base = name.removesuffix(start)
+            if name.endswith(start) and base + end in metrics:
+                rows.append((f"{base} {start[1:]} → {end[1:]}", f"{_fmt(value)} → {_fmt(metrics[base + end])}"))
+                paired |= {name, base + end}
+    singles = [(name, _fmt(value)) for name, value in metrics.items() if name not in paired]
+    return rows + singles
+
+
 def render_summary(summary: dict[str, Any]) -> None:
     title = (f"run {summary['run']} · iteration {summary['iteration']} ({summary['status']}) · "
              f"{summary['policy_in']} → {summary['policy_version'] or 'no new policy'} · "
@@ -130,7 +198,7 @@ def render_summary(summary: dict[str, Any]) -> None:
     table.add_column("value", justify="right")
     table.add_column("wall s", justify="right")
     wall = {stage: f"{seconds:.1f}" for stage, seconds in summary["wall_s"].items()}
-    judge, train = summary["judge"], summary["train"]
+    judge = summary["judge"]
     table.add_row("generate", "samples", _fmt(summary["samples"]), _fmt(wall.get("generate")))
     table.add_row("critique", "critiques / revisions", f"{summary['critiques']} / {summary['revisions']}",
                   _fmt(wall.get("critique")))
@@ -138,13 +206,13 @@ def render_summary(summary: dict[str, Any]) -> None:
     table.add_row("", "mean p(revision better)", _fmt(judge["mean_p_revision_better"]), "")
     table.add_row("", "both orders agree", _fmt(judge["order_agreement"]), "")
     table.add_row("pairs", "kept pairs", _fmt(summary["pairs"]), _fmt(wall.get("pairs")))
-    table.add_row("train", "DPO loss before → after",
-                  f"{_fmt(train['loss_before'])} → {_fmt(train['loss_after'])}", _fmt(wall.get("train")))
-    table.add_row("", "reward margin before → after",
-                  f"{_fmt(train['reward_margin_before'])} → {_fmt(train['reward_margin_after'])}", "")
-    table.add_row("", "reward accuracy before → after",
-                  f"{_fmt(train['reward_accuracy_before'])} → {_fmt(train['reward_accuracy_after'])}", "")
-    table.add_row("", "optimizer steps", _fmt(train["optimizer_steps"]), "")
+    table.add_row("train", f"trainer: {summary['trainer'] or '-'}", "", _fmt(wall.get("train")))
+    for section in ("sft", "reward_model", "train"):
+        for label, value in _metric_rows(summary[section]):
+            table.add_row("", f"{section}: {label}" if section != "train" else label, value, "")
+    for stage, served in summary.get("serving", {}).items():
+        table.add_row("vLLM", f"{stage}: prefix-cache hit rate", _fmt(served.get("prefix_cache_hit_rate")), "")
+        table.add_row("", f"{stage}: generated tokens/s", _fmt(served.get("generated_tokens_per_s")), "")
     out.print(table)
 
 

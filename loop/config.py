@@ -1,6 +1,6 @@
 """The run configuration: one YAML file validated at the edge, with environment overrides.
 
-Any field can be overridden from the environment: `CAI_HOME=/data/cai`, `CAI_TRAIN__DPO__BETA=0.2`.
+Any field can be overridden from the environment: `CAI_HOME=/data/cai`, `CAI_TRAIN__PREFERENCE__BETA=0.2`.
 """
 
 from __future__ import annotations
@@ -9,12 +9,17 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from policies.adapters import LoraSettings
-from policies.dpo import DPOSettings
+from policies.losses import LossType
 from policies.models import DEFAULT_MODEL
+from policies.ppo import PPOSettings
+from policies.preference import PreferenceSettings
+from policies.reward_model import RewardModelSettings
+from policies.sft import SFTSettings
+from policies.vllm_server import VllmServerSettings
 
 
 class Section(BaseModel):
@@ -35,7 +40,10 @@ class PromptSettings(Section):
 
 
 class GenerationSettings(Section):
-    backend: Literal["transformers"] = "transformers"
+    backend: Literal["transformers", "vllm-server"] = "transformers"
+    """transformers: in-process, batched. vllm-server: a vLLM OpenAI-compatible server (`cai serve`) at
+    `server.url`, each policy version served as a LoRA adapter loaded at runtime."""
+    server: VllmServerSettings = VllmServerSettings()
     batch_size: int = Field(default=16, ge=1)
     samples_per_prompt: int = Field(default=1, ge=1)
     max_new_tokens: int = Field(default=128, ge=1)
@@ -54,12 +62,27 @@ class JudgeSettings(Section):
     margin: float = Field(default=0.05, ge=0, lt=0.5)
     """Pairs whose |p(revision better) - 0.5| is below this are dropped."""
     batch_size: int = Field(default=8, ge=1)
+    model: str | None = None
+    """Another model as the judge. Default: the policy's base model with adapters off. transformers: a
+    built-in name or a local HF directory; vllm-server: a model name served at `url`."""
+    url: str | None = None
+    """vllm-server only: the server of the judge's model (default: generation.server.url)."""
 
 
 class TrainSettings(Section):
-    trainer: Literal["dpo"] = "dpo"
-    dpo: DPOSettings = DPOSettings()
+    trainer: LossType | Literal["ppo"] = LossType.DPO
+    """A preference loss trained on the judge's pairs, or ppo (a reward model on the pairs, then PPO)."""
+    preference: PreferenceSettings = PreferenceSettings()
+    sft_on_revisions: bool = False
+    """First fine-tune on the revisions (the supervised stage of Constitutional AI), then train as above."""
+    sft: SFTSettings = SFTSettings()
+    reward_model: RewardModelSettings = RewardModelSettings()
+    ppo: PPOSettings = PPOSettings()
     lora: LoraSettings = LoraSettings()
+    launcher: Literal["python", "torchrun", "deepspeed"] = "python"
+    processes: int = Field(default=1, ge=1)
+    deepspeed: str | None = None
+    """`zero2`, `zero3` or a DeepSpeed JSON config, for more than one process."""
 
 
 class RunConfig(BaseSettings):
@@ -85,6 +108,12 @@ class RunConfig(BaseSettings):
         # The environment wins over the file, so one config can be reused with a different CAI_HOME.
         return env_settings, init_settings
 
+    @model_validator(mode="after")
+    def _judge_server_needs_the_server_backend(self) -> RunConfig:
+        if self.judge.url is not None and self.generation.backend != "vllm-server":
+            raise ValueError("judge.url is only used with generation.backend: vllm-server")
+        return self
+
 
 class ConfigError(ValueError):
     pass
@@ -101,7 +130,7 @@ def load_run_config(path: Path) -> RunConfig:
     try:
         config = RunConfig(**data)
     except ValidationError as exc:
-        lines = [f"{path}: {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        lines = [f"{path}: {'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()]
         raise ConfigError("\n".join(lines)) from exc
     return resolve_paths(config, path.parent)
 
@@ -117,9 +146,13 @@ def resolve_paths(config: RunConfig, base: Path) -> RunConfig:
     if "/" in model.name:
         model = model.model_copy(update={"name": str(absolute(Path(model.name)))})
     prompts = config.prompts.model_copy(update={"files": [absolute(f) for f in config.prompts.files]})
+    judge = config.judge
+    # Only a local judge model is a path; a served model's name may contain "/" (org/model).
+    if judge.model and "/" in judge.model and config.generation.backend == "transformers":
+        judge = judge.model_copy(update={"model": str(absolute(Path(judge.model)))})
     return config.model_copy(update={
         "home": config.home.expanduser().resolve(), "constitution": constitution, "model": model,
-        "prompts": prompts,
+        "prompts": prompts, "judge": judge,
     })
 
 

@@ -12,23 +12,32 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from constitution import Constitution, PrincipleSampler
+from loop import vllm_backend
 from loop.config import RunConfig
 from loop.progress import Reporter
-from loop.store import StageRun, Store
+from loop.store import Metric, StageRun, Store
 from policies.models import load_model, resolve_model_dir
-from policies.serving import TransformersGenerator
+from policies.serving import Generator, TransformersGenerator
 
 
 @dataclass
 class Engines:
-    """The policy π_i (base + its adapter) and the judge (the same weights with adapters disabled).
+    """The policy π_i (base + its adapter) and the judge (the same weights with adapters disabled, unless
+    `judge.model` names another model).
 
-    Loaded on first use and shared, so an iteration holds one copy of the weights for generation.
+    transformers: loaded on first use and shared, so an iteration holds one copy of the weights for
+    generation. vllm-server: clients of the server, where π_i is its adapter, published on first use.
     """
 
     config: RunConfig
     policy_version: int
     adapter: Path | None
+    run_name: str = ""
+    """Served adapters are named after the run (vllm-server)."""
+
+    @property
+    def served(self) -> bool:
+        return self.config.generation.backend == "vllm-server"
 
     @cached_property
     def model_dir(self) -> Path:
@@ -40,20 +49,37 @@ class Engines:
                           adapter=self.adapter)
 
     @cached_property
-    def policy(self) -> TransformersGenerator:
+    def _judge_loaded(self):
+        model_dir = resolve_model_dir(self.config.judge.model, self.config.home)
+        return load_model(model_dir, dtype=self.config.model.dtype, device=self.config.model.device)
+
+    @cached_property
+    def policy(self) -> Generator:
+        if self.served:
+            return vllm_backend.policy_generator(self.config, self.run_name, self.policy_version, self.adapter)
         model, tokenizer = self._loaded
         return TransformersGenerator(model, tokenizer, name=f"{self.config.model.name}@v{self.policy_version}",
                                      batch_size=self.config.generation.batch_size)
 
     @cached_property
-    def judge(self) -> TransformersGenerator:
+    def judge(self) -> Generator:
+        if self.served:
+            return vllm_backend.judge_generator(self.config)
+        if self.config.judge.model:
+            model, tokenizer = self._judge_loaded
+            return TransformersGenerator(model, tokenizer, name=self.config.judge.model,
+                                         batch_size=self.config.judge.batch_size)
         model, tokenizer = self._loaded
         return TransformersGenerator(model, tokenizer, name=self.config.model.name,
                                      batch_size=self.config.judge.batch_size, use_adapter=False)
 
+    def counters(self) -> dict[str, float] | None:
+        """The server's cumulative counters (vllm-server), to measure a stage; None for transformers."""
+        return vllm_backend.server_counters(self.config) if self.served else None
+
     def release(self) -> None:
         """Free the generation weights before training loads its own trainable copy."""
-        for name in ("_loaded", "policy", "judge"):
+        for name in ("_loaded", "_judge_loaded", "policy", "judge"):
             self.__dict__.pop(name, None)
         gc.collect()
 
@@ -70,6 +96,7 @@ class IterationContext:
     engines: Engines
     reporter: Reporter
     started: dict[str, float] = field(default_factory=dict)
+    counters_at_start: dict[str, dict[str, float] | None] = field(default_factory=dict)
 
     @property
     def constitution_hash(self) -> str:
@@ -84,7 +111,17 @@ class IterationContext:
         digest = hashlib.sha256(f"{self.config.seed}:{self.iteration_index}:{stage}".encode()).digest()
         return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
+    def begin(self, stage: str) -> None:
+        """Start the stage's clock (and, on a server, note its counters) just before it runs."""
+        self.started[stage] = time.perf_counter()
+        self.counters_at_start[stage] = self.engines.counters()
+
     def complete(self, session: Session, stage: str, shard: int = 0) -> None:
         """Record the stage shard as done: call inside the transaction that writes its outputs."""
         wall = time.perf_counter() - self.started[stage]
         session.add(StageRun(iteration_id=self.iteration_id, stage=stage, shard=shard, wall_s=wall))
+        before = self.counters_at_start.get(stage)
+        after = self.engines.counters() if before is not None else None
+        if before is not None and after is not None:
+            for name, value in vllm_backend.serving_metrics(before, after, wall).items():
+                session.add(Metric(iteration_id=self.iteration_id, stage=stage, name=name, value=value))

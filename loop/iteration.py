@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 
 from constitution import load_constitution
+from loop import vllm_backend
 from loop.config import RunConfig, save_run_config
 from loop.context import Engines, IterationContext
 from loop.progress import NullReporter, Reporter
@@ -18,6 +18,7 @@ from loop.stages import STAGES
 from loop.store import Iteration, Policy, Run, Sample, StageRun, Store, utcnow
 from loop.summary import iteration_summary
 from policies.runtime import configure_threads
+from policies.vllm_client import ServerError
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,13 @@ def open_iteration(store: Store, config: RunConfig, run_dir: Path, constitution_
         return run.id, iteration.id, index
 
 
-def _adapter_of(store: Store, run_id: int, run_dir: Path) -> tuple[int, Path | None]:
+def _engines(config: RunConfig, store: Store, run_id: int, run_dir: Path) -> Engines:
+    """The engines of the run's current policy."""
     with store.session() as session:
         run = session.get(Run, run_id)
         policy = session.scalar(select(Policy).where(Policy.run_id == run_id, Policy.version == run.current_policy))
-        return run.current_policy, (run_dir / policy.adapter_path if policy.adapter_path else None)
+        adapter = run_dir / policy.adapter_path if policy.adapter_path else None
+        return Engines(config, run.current_policy, adapter, run_name=run.name)
 
 
 def _finish(ctx: IterationContext) -> None:
@@ -68,6 +71,12 @@ def _finish(ctx: IterationContext) -> None:
             session.get(Run, ctx.run_id).current_policy = produced
         iteration.status = "done"
         iteration.finished_at = utcnow()
+    if produced is not None and ctx.engines.served:
+        try:
+            vllm_backend.publish(ctx.config, ctx.store, ctx.run_id, ctx.run_dir)
+        except ServerError as exc:
+            # The promotion stands; the next iteration loads the adapter before it generates.
+            log.warning("policy v%d is promoted but could not be published to the vLLM server: %s", produced, exc)
 
 
 def run_iteration(config: RunConfig, run_dir: Path, reporter: Reporter | None = None) -> dict[str, Any]:
@@ -80,10 +89,9 @@ def run_iteration(config: RunConfig, run_dir: Path, reporter: Reporter | None = 
     store = Store.for_run_dir(run_dir)
     try:
         run_id, iteration_id, index = open_iteration(store, config, run_dir, constitution.content_hash)
-        version, adapter = _adapter_of(store, run_id, run_dir)
         ctx = IterationContext(config=config, store=store, run_dir=run_dir, run_id=run_id,
                                iteration_id=iteration_id, iteration_index=index, constitution=constitution,
-                               engines=Engines(config, version, adapter), reporter=reporter)
+                               engines=_engines(config, store, run_id, run_dir), reporter=reporter)
         with store.session() as session:
             done = set(session.scalars(select(StageRun.stage).where(StageRun.iteration_id == iteration_id)))
         for name, stage in STAGES.items():
@@ -91,7 +99,7 @@ def run_iteration(config: RunConfig, run_dir: Path, reporter: Reporter | None = 
                 log.info("stage %s of iteration %d already done", name, index)
                 continue
             log.info("stage %s of iteration %d starting", name, index)
-            ctx.started[name] = time.perf_counter()
+            ctx.begin(name)
             stage(ctx)
         _finish(ctx)
         with store.session() as session:

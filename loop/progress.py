@@ -11,14 +11,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class Reporter(Protocol):
-    def task(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+    def task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
         """A context manager yielding `advance(n)` for one unit of long work."""
         ...
 
 
 class NullReporter:
     @contextmanager
-    def task(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+    def task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
         yield lambda n: None
 
 
@@ -27,7 +27,7 @@ class RichReporter:
         self.console = console
 
     @contextmanager
-    def task(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+    def task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
         columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=self.console, transient=False) as progress:
             task = progress.add_task(description, total=total)

@@ -13,11 +13,8 @@ from critique.judge import Matchup, judge
 from critique.pairs import choose
 from critique.revision import Draft, critique_and_revise
 from loop.context import IterationContext
-from loop.store import Comparison, Critique, Metric, Pair, Policy, Run, Sample
-from policies.adapters import attach_trainable_adapter, save_adapter
-from policies.dpo import DPOTrainer
-from policies.models import load_model
-from policies.preference_data import PreferenceExample
+from loop.store import Comparison, Critique, Pair, Sample
+from loop.train_stage import train
 from policies.serving import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -27,10 +24,6 @@ def _samples(ctx: IterationContext) -> list[Sample]:
     with ctx.store.session() as session:
         return list(session.scalars(
             select(Sample).where(Sample.iteration_id == ctx.iteration_id).order_by(Sample.id)))
-
-
-def _metric(ctx: IterationContext, stage: str, name: str, value: float, step: int | None = None) -> Metric:
-    return Metric(iteration_id=ctx.iteration_id, stage=stage, name=name, value=value, step=step)
 
 
 def generate(ctx: IterationContext) -> None:
@@ -98,50 +91,6 @@ def build_pairs(ctx: IterationContext) -> None:
             session.add(Pair(comparison_id=comparison.id, iteration_id=ctx.iteration_id, chosen=texts[0],
                              rejected=texts[1], chosen_is_revision=choice.chosen_is_b, target=choice.target))
         ctx.complete(session, "pairs")
-
-
-def train(ctx: IterationContext) -> None:
-    """DPO on this iteration's pairs: π_{i+1} is π_i's adapter (or a fresh one) trained further."""
-    with ctx.store.session() as session:
-        rows = session.execute(
-            select(Pair, Sample.prompt).join(Comparison, Pair.comparison_id == Comparison.id)
-            .join(Sample, Comparison.sample_id == Sample.id)
-            .where(Pair.iteration_id == ctx.iteration_id).order_by(Pair.id)).all()
-        run = session.get(Run, ctx.run_id)
-        parent_version = run.current_policy
-        parent = session.scalar(select(Policy).where(Policy.run_id == ctx.run_id,
-                                                     Policy.version == parent_version))
-        next_version = 1 + max(session.scalars(select(Policy.version).where(Policy.run_id == ctx.run_id)))
-    examples = [PreferenceExample([{"role": "user", "content": prompt}], p.chosen, p.rejected, p.target)
-                for p, prompt in rows]
-    if not examples:
-        log.warning("no preference pairs passed the judge margin; no new policy this iteration")
-        with ctx.store.session() as session:
-            ctx.complete(session, "train")
-        return
-
-    ctx.engines.release()
-    settings = ctx.config.train
-    model, tokenizer = load_model(ctx.engines.model_dir, dtype="float32", device=ctx.config.model.device)
-    parent_adapter = ctx.run_dir / parent.adapter_path if parent and parent.adapter_path else None
-    model = attach_trainable_adapter(model, settings.lora, parent_adapter)
-    trainer = DPOTrainer(model, tokenizer, settings.dpo)
-    micro_batches = -(-len(examples) // settings.dpo.batch_size) * settings.dpo.epochs
-    steps = -(-micro_batches // settings.dpo.grad_accum)
-    with ctx.reporter.task(f"train DPO ({len(examples)} pairs)", steps) as advance:
-        result = trainer.train(examples, progress=lambda step: advance(1))
-    adapter_rel = f"policies/v{next_version}"
-    save_adapter(model, ctx.run_dir / adapter_rel)
-    with ctx.store.session() as session:
-        session.add(Policy(run_id=ctx.run_id, version=next_version, parent_version=parent_version,
-                           adapter_path=adapter_rel, iteration_id=ctx.iteration_id,
-                           constitution_hash=ctx.constitution_hash, trainer=settings.trainer, pairs=len(examples)))
-        for name, value in result.metrics().items():
-            session.add(_metric(ctx, "train", name, value))
-        for step in result.steps:
-            session.add(_metric(ctx, "train", "step_loss", step.loss, step.step))
-            session.add(_metric(ctx, "train", "step_reward_margin", step.reward_margin, step.step))
-        ctx.complete(session, "train")
 
 
 Stage = Callable[[IterationContext], None]

@@ -9,7 +9,8 @@ from sqlalchemy.orm import Session
 
 from loop.store import Comparison, Critique, Iteration, Metric, Pair, Policy, Run, Sample, StageRun, count
 
-TRAIN_METRICS = ("loss", "reward_margin", "reward_accuracy", "chosen_reward", "rejected_reward")
+SERVING_METRICS = ("prefix_cache_hit_rate", "generated_tokens_per_s")
+"""Recorded per stage from the vLLM server's counters (vllm-server backend only)."""
 
 
 def latest_iteration(session: Session, index: int | None = None) -> Iteration | None:
@@ -28,8 +29,10 @@ def iteration_summary(session: Session, iteration: Iteration) -> dict[str, Any]:
         # Both orders leaning the same way: how often the judge is not just following position.
         func.avg(cast((comparisons.c.p_b_when_second > 0.5) == (comparisons.c.p_b_when_first > 0.5), Float)),
     )).one()
-    metrics = {m.name: m.value for m in session.scalars(
-        select(Metric).where(Metric.iteration_id == iteration.id, Metric.step.is_(None)))}
+    by_stage: dict[str, dict[str, float]] = {}
+    for m in session.scalars(select(Metric).where(Metric.iteration_id == iteration.id, Metric.step.is_(None))
+                             .order_by(Metric.id)):
+        by_stage.setdefault(m.stage, {})[m.name] = m.value
     produced = session.scalar(select(Policy).where(Policy.iteration_id == iteration.id))
     stages = {s.stage: round(s.wall_s, 2) for s in session.scalars(
         select(StageRun).where(StageRun.iteration_id == iteration.id).order_by(StageRun.id))}
@@ -51,11 +54,11 @@ def iteration_summary(session: Session, iteration: Iteration) -> dict[str, Any]:
             "mean_p_revision_better": mean_p,
             "order_agreement": agreeing,
         },
-        "train": {
-            **{f"{name}_{when}": metrics.get(f"{name}_{when}") for name in TRAIN_METRICS
-               for when in ("before", "after")},
-            "optimizer_steps": int(metrics["optimizer_steps"]) if "optimizer_steps" in metrics else None,
-            "tokens_per_s": metrics.get("tokens_per_s"),
-        },
+        "trainer": produced.trainer if produced else None,
+        "train": by_stage.get("train", {}),
+        "reward_model": by_stage.get("reward_model", {}),
+        "sft": by_stage.get("sft", {}),
+        "serving": {stage: {k: v for k, v in values.items() if k in SERVING_METRICS}
+                    for stage, values in by_stage.items() if any(k in SERVING_METRICS for k in values)},
         "wall_s": stages,
     }

@@ -26,7 +26,7 @@ def tiny_config(tmp_path, cai_home) -> Path:
     config["generation"]["max_new_tokens"] = 24
     config["critique"]["max_new_tokens"] = 24
     config["judge"]["margin"] = 0.0  # keep every pair so the tiny run always trains
-    config["train"]["dpo"]["max_length"] = 192
+    config["train"]["preference"]["max_length"] = 192
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -41,7 +41,7 @@ def test_two_iterations_on_smollm2_through_the_cli(tiny_config, tmp_path, smollm
     run_dir = tmp_path / "run"
     first = runner.invoke(app, ["iterate", "--config", str(tiny_config), "--run-dir", str(run_dir)])
     assert first.exit_code == 0, first.output
-    assert "DPO loss before" in first.output
+    assert "loss before → after" in first.output
 
     status = runner.invoke(app, ["status", "--run-dir", str(run_dir), "--json"])
     assert status.exit_code == 0, status.output

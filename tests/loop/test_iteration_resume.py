@@ -23,7 +23,7 @@ def config(tiny_model_dir, cai_home) -> RunConfig:
                  "per_iteration": 3},
         generation={"max_new_tokens": 6}, critique={"max_new_tokens": 6, "rounds": 2},
         judge={"margin": 0.0},
-        train={"dpo": {"batch_size": 2, "max_length": 96, "learning_rate": 1e-2}, "lora": {"r": 4, "alpha": 8}},
+        train={"preference": {"batch_size": 2, "max_length": 96, "learning_rate": 1e-2}, "lora": {"r": 4, "alpha": 8}},
     )
     return resolve_paths(raw, ROOT)
 
@@ -88,3 +88,20 @@ def test_no_confident_pairs_means_no_new_policy(config, tmp_path):
     strict = config.model_copy(update={"judge": config.judge.model_copy(update={"margin": 0.4999})})
     summary = run_iteration(strict, tmp_path)
     assert summary["pairs"] == 0 and summary["policy_version"] is None and summary["status"] == "done"
+
+
+def test_ppo_iteration_with_sft_on_revisions(config, tmp_path):
+    train = config.train.model_copy(update={
+        "trainer": "ppo", "sft_on_revisions": True,
+        "sft": config.train.sft.model_copy(update={"max_length": 96, "batch_size": 2}),
+        "reward_model": config.train.reward_model.model_copy(update={"max_length": 96, "batch_size": 2}),
+        "ppo": config.train.ppo.model_copy(update={"rollouts": 2, "rollout_batch_size": 3, "max_new_tokens": 6,
+                                                    "batch_size": 3, "max_length": 96}),
+    })
+    summary = run_iteration(config.model_copy(update={"train": train}), tmp_path)
+    assert summary["trainer"] == "ppo" and summary["policy_version"] == "v1"
+    assert {"sft_loss_before", "sft_loss_after"} <= set(summary["sft"])
+    # (correlations over a single held-out pair are undefined and not stored)
+    assert {"rm_accuracy", "rm_ece", "rm_judge_mae", "rm_pairs"} <= set(summary["reward_model"])
+    assert {"ppo_reward_mean_first", "ppo_kl_last", "ppo_entropy_last"} <= set(summary["train"])
+    assert (tmp_path / "policies" / "v1" / "adapter_model.safetensors").is_file()

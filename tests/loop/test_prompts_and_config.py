@@ -48,8 +48,8 @@ def test_quickstart_config_resolves_paths_against_its_folder(monkeypatch):
 
 
 def test_environment_overrides_nested_fields(monkeypatch):
-    monkeypatch.setenv("CAI_TRAIN__DPO__BETA", "0.25")
-    assert load_run_config(ROOT / "configs" / "quickstart.yaml").train.dpo.beta == 0.25
+    monkeypatch.setenv("CAI_TRAIN__PREFERENCE__BETA", "0.25")
+    assert load_run_config(ROOT / "configs" / "quickstart.yaml").train.preference.beta == 0.25
 
 
 def test_config_errors_name_the_file_and_field(tmp_path):

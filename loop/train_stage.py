@@ -1,0 +1,115 @@
+"""The train stage: turn this iteration's pairs (and revisions) into π_{i+1}.
+
+Every trainer runs in its own process through `policies.launch` (the same `python -m policies.train SPEC.json`
+that torchrun or deepspeed start on GPU nodes), with its data written as JSONL under the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from loop.context import IterationContext
+from loop.store import Comparison, Metric, Pair, Policy, Run, Sample
+from policies.files import atomic_directory, atomic_write_text
+from policies.launch import launch
+from policies.train import TrainerKind, TrainSpec
+
+log = logging.getLogger(__name__)
+
+
+def _user(prompt: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}]
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+class Training:
+    """The trainer runs of one iteration, chained: each starts from the adapter the previous one produced."""
+
+    def __init__(self, ctx: IterationContext, parent_adapter: Path | None):
+        self.ctx = ctx
+        self.adapter = parent_adapter
+        self.root = ctx.run_dir / "training" / f"iteration-{ctx.iteration_index}"
+        self.metrics: list[Metric] = []
+
+    def run(self, kind: TrainerKind, records: list[dict[str, Any]], *, chain: bool = True, **extra) -> Path:
+        t = self.ctx.config.train
+        out = self.root / kind
+        # The config's `trainer` names the preference loss; the other trainers have their own sections.
+        preference = t.preference.model_copy(update={"loss": t.trainer}) if t.trainer != "ppo" else t.preference
+        settings = {"preference": preference, "sft": t.sft, "reward_model": t.reward_model, "ppo": t.ppo}
+        data = _write_jsonl(out / "data.jsonl", records)
+        spec = TrainSpec(kind=kind, model_dir=self.ctx.engines.model_dir, data=data, output_dir=out,
+                         parent_adapter=self.adapter if chain else None, lora=t.lora,
+                         device=self.ctx.config.model.device, threads=self.ctx.config.threads, deepspeed=t.deepspeed,
+                         **{kind: settings[kind]}, **extra)
+        stage = "train" if chain and kind != "sft" else kind
+        with self.ctx.reporter.task(f"train {kind} ({len(records)} examples)", None) as advance:
+
+            def on_progress(event: dict[str, Any]) -> None:
+                if event["kind"] == "step":
+                    advance(1)
+                    self._record(stage, event, step=event["step"])
+
+            self._record(stage, launch(spec, launcher=t.launcher, processes=t.processes, on_progress=on_progress))
+        if chain:
+            self.adapter = spec.adapter_dir
+        return spec.adapter_dir
+
+    def _record(self, stage: str, values: dict[str, Any], step: int | None = None) -> None:
+        self.metrics += [Metric(iteration_id=self.ctx.iteration_id, stage=stage, name=k, value=float(v), step=step)
+                         # NaN (e.g. a correlation over constant scores) means "undefined": not stored.
+                         for k, v in values.items() if isinstance(v, int | float) and math.isfinite(v) and k != "step"]
+
+
+def train(ctx: IterationContext) -> None:
+    """π_{i+1} = π_i's adapter (or a fresh one) trained on this iteration's data by the configured trainer."""
+    t = ctx.config.train
+    with ctx.store.session() as session:
+        pairs = session.execute(
+            select(Pair, Sample.prompt).join(Comparison, Pair.comparison_id == Comparison.id)
+            .join(Sample, Comparison.sample_id == Sample.id)
+            .where(Pair.iteration_id == ctx.iteration_id).order_by(Pair.id)).all()
+        revisions = session.execute(select(Sample.prompt, Sample.revision).where(
+            Sample.iteration_id == ctx.iteration_id, Sample.revision.is_not(None)).order_by(Sample.id)).all()
+        parent_version = session.get(Run, ctx.run_id).current_policy
+        parent = session.scalar(select(Policy).where(Policy.run_id == ctx.run_id, Policy.version == parent_version))
+        next_version = 1 + max(session.scalars(select(Policy.version).where(Policy.run_id == ctx.run_id)))
+    if not pairs:
+        log.warning("no preference pairs passed the judge margin; no new policy this iteration")
+        with ctx.store.session() as session:
+            ctx.complete(session, "train")
+        return
+
+    ctx.engines.release()  # free the generation weights: training loads its own copy in a child process
+    training = Training(ctx, ctx.run_dir / parent.adapter_path if parent.adapter_path else None)
+    pair_records = [{"prompt": _user(prompt), "chosen": p.chosen, "rejected": p.rejected, "target": p.target}
+                    for p, prompt in pairs]
+    if t.sft_on_revisions:
+        training.run("sft", [{"prompt": _user(prompt), "response": revision} for prompt, revision in revisions])
+    if t.trainer == "ppo":
+        reward_model = training.run("reward_model", pair_records, chain=False)
+        prompts = sorted({prompt for _, prompt in pairs} | {prompt for prompt, _ in revisions})
+        training.run("ppo", [{"prompt": _user(prompt)} for prompt in prompts], reward_model_dir=reward_model)
+    else:
+        training.run("preference", pair_records)
+
+    adapter_rel = f"policies/v{next_version}"
+    with atomic_directory(ctx.run_dir / adapter_rel) as staging:
+        shutil.copytree(training.adapter, staging, dirs_exist_ok=True)
+    with ctx.store.session() as session:
+        session.add(Policy(run_id=ctx.run_id, version=next_version, parent_version=parent_version,
+                           adapter_path=adapter_rel, iteration_id=ctx.iteration_id,
+                           constitution_hash=ctx.constitution_hash, trainer=str(t.trainer), pairs=len(pairs)))
+        session.add_all(training.metrics)
+        ctx.complete(session, "train")

@@ -103,7 +103,8 @@ def run(spec: TrainSpec, world: World | None = None) -> dict[str, Any]:
         if spec.deepspeed is None:
             raise ValueError("more than one process needs a DeepSpeed config: set `deepspeed: zero2` (or zero3)")
         loop_options["engine"] = deepspeed_engine(trainable, settings, spec.deepspeed)
-    emit_progress("start", {"trainer": spec.kind, "examples": len(records)})
+    emit_progress("start", {"trainer": spec.kind, "examples": len(records), "threads": torch.get_num_threads(),
+                            "interop_threads": torch.get_num_interop_threads()})
 
     if spec.kind == "preference":
         examples = [PreferenceExample(r["prompt"], r["chosen"], r["rejected"], r.get("target", 1.0)) for r in records]

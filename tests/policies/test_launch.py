@@ -27,6 +27,8 @@ def test_child_process_trains_and_reports_progress(tmp_path, tiny_model_dir):
     metrics = launch(spec_for(tmp_path, tiny_model_dir), on_progress=events.append)
     assert metrics["optimizer_steps"] == 4 and metrics["loss_after"] < metrics["loss_before"]
     assert [e["kind"] for e in events] == ["start", "step", "step", "step", "step", "done"]
+    # The child uses exactly the threads it was given, so trainers never oversubscribe a small machine.
+    assert (events[0]["threads"], events[0]["interop_threads"]) == (1, 1)
     weights = load_file(tmp_path / "out" / "adapter" / "adapter_model.safetensors")
     assert any(t.abs().sum() > 0 for n, t in weights.items() if "lora_B" in n)
 

@@ -16,6 +16,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -63,6 +64,34 @@ class Rollout:
 RewardFn = Callable[[Sequence[Rollout]], list[float]]
 
 
+class ServedRollouts:
+    """Rollouts from a vLLM server that serves the base model: before each rollout batch the adapter being
+    trained is saved and loaded under a new name (the previous one unloaded), so every batch is sampled from
+    the current weights. The server returns text, which is re-tokenised for scoring."""
+
+    def __init__(self, url: str, lm, directory: Path, prefix: str):
+        from policies.vllm_client import VllmAdmin
+
+        self.url, self.lm, self.directory, self.prefix = url, lm, directory, prefix
+        self.admin = VllmAdmin(url)
+        self.loaded: str | None = None
+
+    def __call__(self, step: int) -> Generator:
+        from policies.adapters import save_adapter
+        from policies.vllm_client import VllmServerGenerator
+
+        name = f"{self.prefix}-step{step}"
+        self.admin.load_adapter(name, save_adapter(self.lm, self.directory / f"step-{step}"))
+        self.close()
+        self.loaded = name
+        return VllmServerGenerator(self.url, name)
+
+    def close(self) -> None:
+        if self.loaded is not None:
+            self.admin.unload_adapter(self.loaded)
+            self.loaded = None
+
+
 class PolicyWithValue(torch.nn.Module):
     """The policy LM and a value head sharing one forward pass; one module so one optimizer trains both."""
 
@@ -100,32 +129,34 @@ def _compact(values: torch.Tensor, mask: torch.Tensor, width: int | None = None)
 
 class PPOTrainer:
     def __init__(self, model: PolicyWithValue, tokenizer, settings: PPOSettings, reward_fn: RewardFn, *,
-                 generator: Generator | None = None, **loop_options):
+                 generator: Generator | None = None, served: ServedRollouts | None = None, **loop_options):
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
         self.reward_fn = reward_fn
         self.generator = generator or TransformersGenerator(model.lm, tokenizer, name="ppo-policy",
                                                             batch_size=settings.rollout_batch_size)
+        self.served = served
         self.loop = TrainingLoop(model, settings, **loop_options)
         self.kl = (losses.AdaptiveKLController(settings.kl_coef, settings.kl_target, settings.kl_horizon)
                    if settings.adaptive_kl else losses.FixedKLController(settings.kl_coef))
 
-    def rollout(self, prompts: Sequence[Conversation], seed: int) -> list[Rollout]:
+    def rollout(self, prompts: Sequence[Conversation], seed: int, generator: Generator | None = None) -> list[Rollout]:
         """Sample completions; keep the exact sampled tokens when the generator can return them."""
         s = self.settings
+        generator = generator or self.generator
         self.model.eval()
         params = SamplingParams(s.max_new_tokens, s.temperature, s.top_p, seed)
         rollouts = []
-        if hasattr(self.generator, "generate_tokens"):
-            sampled = self.generator.generate_tokens(prompts, params)
+        if hasattr(generator, "generate_tokens"):
+            sampled = generator.generate_tokens(prompts, params)
             for prompt, completion in zip(prompts, sampled, strict=True):
                 prompt_ids, _ = encode_completions(self.tokenizer, prompt, [""], s.max_length)
                 text = self.tokenizer.decode(completion, skip_special_tokens=True).strip()
                 rollouts.append(Rollout(prompt, text, prompt_ids, completion or [self.tokenizer.eos_token_id]))
             return rollouts
         # A remote server returns text: score the re-tokenised reply, end-of-turn marker included.
-        for prompt, text in zip(prompts, self.generator.generate(prompts, params), strict=True):
+        for prompt, text in zip(prompts, generator.generate(prompts, params), strict=True):
             prompt_ids, (completion,) = encode_completions(self.tokenizer, prompt, [text], s.max_length)
             rollouts.append(Rollout(prompt, text, prompt_ids, completion))
         return rollouts
@@ -142,7 +173,8 @@ class PPOTrainer:
         for step in range(s.rollouts):
             started = time.perf_counter()
             chunk = [order[(step * s.rollout_batch_size + k) % len(order)] for k in range(s.rollout_batch_size)]
-            rollouts = self.rollout(chunk, seed=s.seed * 7919 + step)
+            generator = self.served(step) if self.served else self.generator
+            rollouts = self.rollout(chunk, seed=s.seed * 7919 + step, generator=generator)
             scores = torch.tensor(self.reward_fn(rollouts), dtype=torch.float32)
             metrics = self._update(rollouts, scores)
             metrics |= {"reward_mean": scores.mean().item(),
@@ -155,6 +187,8 @@ class PPOTrainer:
             log.info("ppo step %d reward %.4f kl %.4f", record.step, metrics["reward_mean"], metrics["kl"])
             if on_step:
                 on_step(record)
+        if self.served:
+            self.served.close()
         return logs
 
     def _update(self, rollouts: Sequence[Rollout], scores: torch.Tensor) -> dict[str, float]:

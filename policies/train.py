@@ -8,6 +8,7 @@ writes the adapter to `output_dir/adapter` and `output_dir/result.json`, and pri
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
@@ -22,7 +23,7 @@ from policies.adapters import LoraSettings, attach_trainable_adapter, save_adapt
 from policies.distributed import World, current_world, deepspeed_engine
 from policies.files import atomic_write_text
 from policies.models import load_model
-from policies.ppo import PolicyWithValue, PPOSettings, PPOTrainer, Rollout
+from policies.ppo import PolicyWithValue, PPOSettings, PPOTrainer, Rollout, ServedRollouts
 from policies.preference import PreferenceSettings, PreferenceTrainer
 from policies.preference_data import PreferenceExample, collate_sequences
 from policies.reward_model import RewardModel, RewardModelSettings, RewardModelTrainer, reward_eval_metrics
@@ -53,6 +54,8 @@ class TrainSpec(BaseModel):
     ppo: PPOSettings = PPOSettings()
     reward_model_dir: Path | None = None
     """PPO's reward: a directory written by a reward_model run (its adapter and head)."""
+    rollout_server: str | None = None
+    """PPO: the URL of a vLLM server serving the base model; rollouts are sampled there from the current adapter."""
     device: str = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     threads: int | None = None
@@ -121,7 +124,11 @@ def run(spec: TrainSpec, world: World | None = None) -> dict[str, Any]:
         log.info("reward model evaluation: %s", asdict(evaluation))
     else:
         reward_fn = _reward_model_fn(spec, tokenizer)
-        steps = PPOTrainer(trainable, tokenizer, settings, reward_fn, **loop_options).train(
+        served = None
+        if spec.rollout_server:
+            prefix = "ppo-" + hashlib.sha256(str(spec.output_dir.resolve()).encode()).hexdigest()[:10]
+            served = ServedRollouts(spec.rollout_server, lm, spec.output_dir / "rollout-adapters", prefix)
+        steps = PPOTrainer(trainable, tokenizer, settings, reward_fn, served=served, **loop_options).train(
             [r["prompt"] for r in records], _progress(spec.kind))
         metrics = {f"ppo_{k}_first": v for k, v in steps[0].metrics.items()}
         metrics |= {f"ppo_{k}_last": v for k, v in steps[-1].metrics.items()}

@@ -172,7 +172,9 @@ def principles_check(paths: Annotated[list[Path], typer.Argument(help="YAML file
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:.4f}"
+    return str(value)
 
 
 def _metric_rows(metrics: dict[str, float]) -> list[tuple[str, str]]:

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from policies import losses
 from policies.heads import ScalarHead, hidden_size, last_hidden
-from policies.preference_data import collate_sequences, encode_completions
+from policies.preference_data import collate_sequences, encode_completions, encode_prompt
 from policies.serving import Conversation, Generator, SamplingParams, TransformersGenerator
 from policies.training import OptimSettings, StepLog, TrainingLoop
 
@@ -151,7 +151,7 @@ class PPOTrainer:
         if hasattr(generator, "generate_tokens"):
             sampled = generator.generate_tokens(prompts, params)
             for prompt, completion in zip(prompts, sampled, strict=True):
-                prompt_ids, _ = encode_completions(self.tokenizer, prompt, [""], s.max_length)
+                prompt_ids = encode_prompt(self.tokenizer, prompt)[-max(1, s.max_length - len(completion)):]
                 text = self.tokenizer.decode(completion, skip_special_tokens=True).strip()
                 rollouts.append(Rollout(prompt, text, prompt_ids, completion or [self.tokenizer.eos_token_id]))
             return rollouts

@@ -40,14 +40,19 @@ def completion_text(tokenizer, prompt: Conversation, response: str) -> str:
     return full[len(head):]
 
 
+def encode_prompt(tokenizer, prompt: Conversation) -> list[int]:
+    """The chat-templated prompt, ending where the assistant's reply begins."""
+    head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return tokenizer(head, add_special_tokens=False)["input_ids"]
+
+
 def encode_completions(tokenizer, prompt: Conversation, responses: Sequence[str],
                        max_length: int) -> tuple[list[int], list[list[int]]]:
     """Prompt and completions tokenised separately (no merges across the boundary), cut to `max_length`.
 
     Completions keep at least half the budget; the prompt loses its oldest tokens first.
     """
-    head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    prompt_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+    prompt_ids = encode_prompt(tokenizer, prompt)
     budget = max(max_length - len(prompt_ids), max_length // 2)
     completions = [tokenizer(completion_text(tokenizer, prompt, text), add_special_tokens=False)["input_ids"][:budget]
                    for text in responses]

@@ -89,7 +89,8 @@ def run(spec: TrainSpec, world: World | None = None) -> dict[str, Any]:
     world = world or current_world()
     configure_threads(spec.threads)
     quiet_model_libraries()
-    torch.manual_seed(0)
+    settings = getattr(spec, spec.kind)
+    torch.manual_seed(settings.seed)  # fixes the fresh adapter's random init (and the value or reward head)
     records = read_jsonl(spec.data)
     lm, tokenizer = load_model(spec.model_dir, dtype=spec.dtype, device=spec.device)
     lm = attach_trainable_adapter(lm, spec.lora, spec.parent_adapter)
@@ -99,7 +100,6 @@ def run(spec: TrainSpec, world: World | None = None) -> dict[str, Any]:
         trainable = PolicyWithValue(lm)
     else:
         trainable = lm
-    settings = getattr(spec, spec.kind)
     loop_options: dict[str, Any] = {"checkpoint_dir": spec.checkpoint_dir, "rank": world.rank,
                                     "world_size": world.world_size}
     if world.world_size > 1:

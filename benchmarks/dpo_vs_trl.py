@@ -53,8 +53,8 @@ def model_dir() -> Path:
 def run_ours(steps: int, checkpointing: bool) -> dict:
     from policies.adapters import LoraSettings, attach_trainable_adapter
     from policies.models import load_model
-    from policies.preference import PreferenceSettings, PreferenceTrainer
-    from policies.preference_data import PreferenceExample
+    from policies.training.data import PreferenceExample
+    from policies.training.preference import PreferenceSettings, PreferenceTrainer
 
     model, tokenizer = load_model(model_dir(), device="cpu")
     model = attach_trainable_adapter(model, LoraSettings(r=LORA_R, alpha=2 * LORA_R))

@@ -108,10 +108,11 @@ def main() -> None:
     from critique.revision import Draft
     from policies.models import DEFAULT_MODEL, load_model, resolve_model_dir
     from policies.runtime import configure_threads, quiet_model_libraries
-    from policies.serving import SamplingParams, TransformersGenerator
-    from policies.vllm_client import VllmAdmin, VllmServerGenerator
-    from policies.vllm_env import ensure_vllm_env
-    from policies.vllm_server import VllmServer, VllmServerSettings, free_port
+    from policies.serving import SamplingParams
+    from policies.serving.transformers_backend import TransformersGenerator
+    from policies.serving.vllm_client import VllmAdmin, VllmServerGenerator
+    from policies.serving.vllm_env import ensure_vllm_env
+    from policies.serving.vllm_server import VllmServer, VllmServerSettings, free_port
 
     configure_threads(THREADS)
     quiet_model_libraries()

@@ -56,7 +56,7 @@ def iterate(
     from loop.prompts import PromptFileError
     from policies.models import ModelNotFoundError
     from policies.runtime import quiet_model_libraries
-    from policies.vllm_client import ServerError
+    from policies.serving.vllm_client import ServerError
 
     _setup_logging(run_dir)
     quiet_model_libraries()
@@ -82,8 +82,8 @@ def serve(
 
     from loop.config import ConfigError, load_run_config
     from policies.models import ModelNotFoundError, resolve_model_dir
-    from policies.vllm_env import VllmEnvError, ensure_vllm_env, vllm_env_dir
-    from policies.vllm_server import VllmServer, VllmStartError, host_and_port, served_model_name
+    from policies.serving.vllm_env import VllmEnvError, ensure_vllm_env, vllm_env_dir
+    from policies.serving.vllm_server import VllmServer, VllmStartError, host_and_port, served_model_name
 
     _setup_logging(None)
     try:

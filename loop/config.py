@@ -13,13 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from policies.adapters import LoraSettings
-from policies.losses import LossType
 from policies.models import DEFAULT_MODEL
-from policies.ppo import PPOSettings
-from policies.preference import PreferenceSettings
-from policies.reward_model import RewardModelSettings
-from policies.sft import SFTSettings
-from policies.vllm_server import VllmServerSettings
+from policies.serving.vllm_server import VllmServerSettings
+from policies.training.losses import LossType
+from policies.training.ppo import PPOSettings
+from policies.training.preference import PreferenceSettings
+from policies.training.reward_model import RewardModelSettings
+from policies.training.sft import SFTSettings
 
 
 class Section(BaseModel):

@@ -17,7 +17,8 @@ from loop.config import RunConfig
 from loop.progress import Reporter
 from loop.store import Metric, StageRun, Store
 from policies.models import load_model, resolve_model_dir
-from policies.serving import Generator, TransformersGenerator
+from policies.serving import Generator
+from policies.serving.transformers_backend import TransformersGenerator
 
 
 @dataclass

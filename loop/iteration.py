@@ -18,7 +18,7 @@ from loop.stages import STAGES
 from loop.store import Iteration, Policy, Run, Sample, StageRun, Store, utcnow
 from loop.summary import iteration_summary
 from policies.runtime import configure_threads
-from policies.vllm_client import ServerError
+from policies.serving.vllm_client import ServerError
 
 log = logging.getLogger(__name__)
 

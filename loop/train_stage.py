@@ -1,7 +1,8 @@
 """The train stage: turn this iteration's pairs (and revisions) into π_{i+1}.
 
-Every trainer runs in its own process through `policies.launch` (the same `python -m policies.train SPEC.json`
-that torchrun or deepspeed start on GPU nodes), with its data written as JSONL under the run directory.
+Every trainer runs in its own process through `policies.training.launcher` (the same
+`python -m policies.training SPEC.json` that torchrun or deepspeed start on GPU nodes), with its data written
+as JSONL under the run directory.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from sqlalchemy import select
 from loop.context import IterationContext
 from loop.store import Comparison, Metric, Pair, Policy, Run, Sample
 from policies.files import atomic_directory, atomic_write_text
-from policies.launch import launch
-from policies.train import TrainerKind, TrainSpec
+from policies.training.launcher import launch
+from policies.training.spec import TrainerKind, TrainSpec
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from sqlalchemy import select
 
 from loop.config import RunConfig
 from loop.store import Policy, Run, Store
-from policies.vllm_client import ServerError, VllmAdmin, VllmServerGenerator
-from policies.vllm_server import served_model_name
+from policies.serving.vllm_client import ServerError, VllmAdmin, VllmServerGenerator
+from policies.serving.vllm_server import served_model_name
 
 log = logging.getLogger(__name__)
 

@@ -38,8 +38,8 @@ def _tail(path: Path, lines: int = 40) -> str:
 @pytest.fixture(scope="session")
 def vllm_served(tmp_path_factory, cai_home: Path, smollm2_dir: Path):
     """`cai serve` for SmolLM2 on 127.0.0.1, with a config whose iterations use it (generation.backend)."""
-    from policies.vllm_client import VllmAdmin
-    from policies.vllm_server import free_port
+    from policies.serving.vllm_client import VllmAdmin
+    from policies.serving.vllm_server import free_port
 
     folder = tmp_path_factory.mktemp("vllm")
     url = f"http://127.0.0.1:{free_port()}"

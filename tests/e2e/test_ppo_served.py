@@ -9,8 +9,8 @@ import pytest
 
 from policies.adapters import LoraSettings, attach_trainable_adapter
 from policies.models import load_model
-from policies.ppo import PolicyWithValue, PPOSettings, PPOTrainer, ServedRollouts
-from policies.vllm_client import VllmAdmin
+from policies.serving.vllm_client import VllmAdmin
+from policies.training.ppo import PolicyWithValue, PPOSettings, PPOTrainer, ServedRollouts
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from loop.cli import app
 from loop.config import load_run_config
 from loop.vllm_backend import adapter_name, policy_generator
 from policies.serving import SamplingParams
-from policies.vllm_client import ServerUnavailableError, UnknownModelError, VllmAdmin, VllmServerGenerator
+from policies.serving.vllm_client import ServerUnavailableError, UnknownModelError, VllmAdmin, VllmServerGenerator
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +71,7 @@ def test_an_iteration_runs_through_the_server(vllm_served, iterated):
 
 def test_the_trained_adapter_is_served_under_its_version_name(vllm_served, iterated, smollm2_dir):
     from policies.models import load_model
-    from policies.serving import TransformersGenerator
+    from policies.serving.transformers_backend import TransformersGenerator
 
     run_dir, _, _ = iterated
     name = adapter_name(run_dir.name, 1, run_dir / "policies/v1")

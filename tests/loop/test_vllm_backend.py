@@ -14,7 +14,7 @@ from loop.context import IterationContext
 from loop.iteration import run_iteration
 from loop.store import Comparison, Policy, Run, Sample, Store
 from loop.vllm_backend import adapter_name
-from policies.vllm_server import free_port
+from policies.serving.vllm_server import free_port
 from tests.fake_vllm import FakeVllm, FakeVllmServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,7 +121,7 @@ def test_a_promotion_stands_when_the_server_is_gone(tiny_model_dir, cai_home, tm
 
 
 def test_the_next_iteration_fails_clearly_without_a_server(tiny_model_dir, cai_home, tmp_path):
-    from policies.vllm_client import ServerUnavailableError
+    from policies.serving.vllm_client import ServerUnavailableError
 
     config = served_config(tiny_model_dir, cai_home, f"http://127.0.0.1:{free_port()}")
     with pytest.raises(ServerUnavailableError, match="cai serve"):

@@ -1,6 +1,6 @@
-"""The one entry point of every trainer: `python -m policies.train SPEC.json`.
+"""The one entry point of every trainer: `python -m policies.training SPEC.json`.
 
-The same command runs single-process on a CPU, or under `torchrun --nproc_per_node N -m policies.train SPEC.json`
+The same command runs single-process on a CPU, or under `torchrun --nproc_per_node N -m policies.training SPEC.json`
 (or the `deepspeed` launcher) with a ZeRO config on GPUs. It reads its data from files named in the spec,
 writes the adapter to `output_dir/adapter` and `output_dir/result.json`, and prints progress lines
 (`CAI_PROGRESS {...}`) that the launching process turns into progress bars.
@@ -14,70 +14,24 @@ import logging
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict
 
-from policies.adapters import LoraSettings, attach_trainable_adapter, save_adapter
-from policies.distributed import World, current_world, deepspeed_engine
+from policies.adapters import attach_trainable_adapter, save_adapter
 from policies.files import atomic_write_text
 from policies.models import load_model
-from policies.ppo import PolicyWithValue, PPOSettings, PPOTrainer, Rollout, ServedRollouts
-from policies.preference import PreferenceSettings, PreferenceTrainer
-from policies.preference_data import PreferenceExample, collate_sequences
-from policies.reward_model import RewardModel, RewardModelSettings, RewardModelTrainer, reward_eval_metrics
 from policies.runtime import configure_threads, quiet_model_libraries
-from policies.sft import SFTExample, SFTSettings, SFTTrainer
-from policies.training import StepLog, emit_progress
+from policies.training.data import PreferenceExample, collate_sequences
+from policies.training.distributed import World, current_world, deepspeed_engine
+from policies.training.optimization import StepLog, emit_progress
+from policies.training.ppo import PolicyWithValue, PPOTrainer, Rollout, ServedRollouts
+from policies.training.preference import PreferenceTrainer
+from policies.training.reward_model import RewardModel, RewardModelTrainer, reward_eval_metrics
+from policies.training.sft import SFTExample, SFTTrainer
+from policies.training.spec import TrainSpec, read_jsonl
 
 log = logging.getLogger(__name__)
-
-TrainerKind = Literal["preference", "sft", "reward_model", "ppo"]
-
-
-class TrainSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    kind: TrainerKind
-    model_dir: Path
-    data: Path
-    """JSONL: {prompt, chosen, rejected, target} for preference and reward_model, {prompt, response} for sft,
-    {prompt} for ppo; `prompt` is a list of chat messages."""
-    output_dir: Path
-    parent_adapter: Path | None = None
-    """Continue training this adapter (the parent policy); otherwise start a fresh one."""
-    lora: LoraSettings = LoraSettings()
-    preference: PreferenceSettings = PreferenceSettings()
-    sft: SFTSettings = SFTSettings()
-    reward_model: RewardModelSettings = RewardModelSettings()
-    ppo: PPOSettings = PPOSettings()
-    reward_model_dir: Path | None = None
-    """PPO's reward: a directory written by a reward_model run (its adapter and head)."""
-    rollout_server: str | None = None
-    """PPO: the URL of a vLLM server serving the base model; rollouts are sampled there from the current adapter."""
-    device: str = "auto"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    threads: int | None = None
-    deepspeed: str | None = None
-    """`zero2`, `zero3` or a DeepSpeed JSON config; required when more than one process trains."""
-
-    @property
-    def adapter_dir(self) -> Path:
-        return self.output_dir / "adapter"
-
-    @property
-    def result_path(self) -> Path:
-        return self.output_dir / "result.json"
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.output_dir / "checkpoints"
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
 
 def _progress(kind: str):
     def on_step(step: StepLog) -> None:
@@ -160,13 +114,10 @@ def _reward_model_fn(spec: TrainSpec, tokenizer):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m policies.train SPEC.json", file=sys.stderr)
+        print("usage: python -m policies.training SPEC.json", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r")
     spec = TrainSpec.model_validate_json(Path(argv[0]).read_text())
     run(spec)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from policies.training import OptimSettings
+from policies.training.optimization import OptimSettings
 
 SHIPPED_CONFIGS = ("zero2", "zero3")
 
@@ -37,7 +37,7 @@ def current_world() -> World:
 def resolve_deepspeed_config(name_or_path: str) -> Path:
     """`zero2` / `zero3` name a shipped config; anything else is a path."""
     if name_or_path in SHIPPED_CONFIGS:
-        return Path(str(resources.files("policies").joinpath("deepspeed", f"{name_or_path}.json")))
+        return Path(str(resources.files("policies.training").joinpath("deepspeed", f"{name_or_path}.json")))
     return Path(name_or_path)
 
 

@@ -1,4 +1,4 @@
-"""Run a trainer in its own process (`python -m policies.train`, or torchrun / deepspeed for several), so its
+"""Run a trainer in its own process (`python -m policies.training`, or torchrun / deepspeed for several), so its
 time, memory and crashes stay isolated from the caller; relay its progress lines; return its result."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from policies.files import atomic_write_text
-from policies.train import TrainSpec
+from policies.training.spec import TrainSpec
 
 Launcher = Literal["python", "torchrun", "deepspeed"]
 PREFIX = "CAI_PROGRESS "
@@ -25,11 +25,11 @@ class TrainingFailed(RuntimeError):
 
 def command(spec_path: Path, launcher: Launcher = "python", processes: int = 1) -> list[str]:
     if launcher == "python":
-        return [sys.executable, "-m", "policies.train", str(spec_path)]
+        return [sys.executable, "-m", "policies.training", str(spec_path)]
     if launcher == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                "-m", "policies.train", str(spec_path)]
-    return ["deepspeed", f"--num_gpus={processes}", "--module", "policies.train", str(spec_path)]
+                "-m", "policies.training", str(spec_path)]
+    return ["deepspeed", f"--num_gpus={processes}", "--module", "policies.training", str(spec_path)]
 
 
 def launch(spec: TrainSpec, *, launcher: Launcher = "python", processes: int = 1,

@@ -1,51 +1,13 @@
-"""How every other part talks to a model: the `Generator` protocol and its HF transformers backend.
-
-`critique` and `loop` depend only on the protocol, so the same iteration runs against a fake in unit tests,
-transformers on CPU, or a vLLM server.
-"""
+"""The `Generator` protocol on an HF transformers model (optionally a PEFT model), batched, in-process."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol, TypedDict
+from collections.abc import Iterator, Sequence
 
 import torch
 
-
-class Message(TypedDict):
-    role: Literal["system", "user", "assistant"]
-    content: str
-
-
-Conversation = list[Message]
-Progress = Callable[[int], None]
-"""Called with the number of items just finished, for progress bars."""
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    """0 means greedy decoding."""
-    top_p: float = 1.0
-    seed: int | None = None
-
-
-class Generator(Protocol):
-    name: str
-    """What produced the text (model and policy version), recorded next to every output."""
-
-    def generate(self, conversations: Sequence[Conversation], params: SamplingParams,
-                 progress: Progress | None = None) -> list[str]:
-        """One assistant reply per conversation. A conversation ending in an assistant message is continued."""
-        ...
-
-    def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
-                        progress: Progress | None = None) -> list[list[float]]:
-        """For each conversation, the next-token log-probability of each choice (e.g. "A", "B")."""
-        ...
+from policies.serving.protocol import Conversation, Progress, SamplingParams
 
 
 class TransformersGenerator:

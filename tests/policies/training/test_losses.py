@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from policies.losses import (
+from policies.training.losses import (
     AdaptiveKLController,
     FixedKLController,
     LossType,

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from policies import losses
+from policies.training import losses
 
 trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer", reason="TRL is installed with the test extras")
 

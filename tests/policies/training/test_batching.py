@@ -1,7 +1,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policies.batching import padded_tokens, plan_batches
+from policies.training.batching import padded_tokens, plan_batches
 
 lengths_strategy = st.lists(st.integers(1, 500), min_size=1, max_size=60)
 

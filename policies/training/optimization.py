@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from policies.checkpoints import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint
+from policies.training.checkpoints import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 

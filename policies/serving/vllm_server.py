@@ -1,6 +1,6 @@
 """Start, check and stop a local vLLM OpenAI-compatible server (CPU build) for the policy's base model.
 
-The server runs in its own virtual environment (`policies.vllm_env`) as a separate process group, so
+The server runs in its own virtual environment (`policies.serving.vllm_env`) as a separate process group, so
 stopping it also stops vLLM's engine and worker processes.
 """
 
@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from policies.vllm_client import VllmAdmin
+from policies.serving.vllm_client import VllmAdmin
 
 log = logging.getLogger(__name__)
 

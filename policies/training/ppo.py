@@ -22,11 +22,12 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from policies import losses
-from policies.heads import ScalarHead, hidden_size, last_hidden
-from policies.preference_data import collate_sequences, encode_completions, encode_prompt
-from policies.serving import Conversation, Generator, SamplingParams, TransformersGenerator
-from policies.training import OptimSettings, StepLog, TrainingLoop
+from policies.serving import Conversation, Generator, SamplingParams
+from policies.serving.transformers_backend import TransformersGenerator
+from policies.training import losses
+from policies.training.data import collate_sequences, encode_completions, encode_prompt
+from policies.training.heads import ScalarHead, hidden_size, last_hidden
+from policies.training.optimization import OptimSettings, StepLog, TrainingLoop
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class ServedRollouts:
     the current weights. The server returns text, which is re-tokenised for scoring."""
 
     def __init__(self, url: str, lm, directory: Path, prefix: str):
-        from policies.vllm_client import VllmAdmin
+        from policies.serving.vllm_client import VllmAdmin
 
         self.url, self.lm, self.directory, self.prefix = url, lm, directory, prefix
         self.admin = VllmAdmin(url)
@@ -78,7 +79,7 @@ class ServedRollouts:
 
     def __call__(self, step: int) -> Generator:
         from policies.adapters import save_adapter
-        from policies.vllm_client import VllmServerGenerator
+        from policies.serving.vllm_client import VllmServerGenerator
 
         name = f"{self.prefix}-step{step}"
         self.admin.load_adapter(name, save_adapter(self.lm, self.directory / f"step-{step}"))

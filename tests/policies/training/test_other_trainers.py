@@ -7,9 +7,9 @@ import torch
 
 from policies.adapters import LoraSettings, attach_trainable_adapter
 from policies.models import load_model
-from policies.ppo import PolicyWithValue, PPOSettings, PPOTrainer
-from policies.preference_data import PreferenceExample
-from policies.reward_model import (
+from policies.training.data import PreferenceExample
+from policies.training.ppo import PolicyWithValue, PPOSettings, PPOTrainer
+from policies.training.reward_model import (
     RewardModel,
     RewardModelSettings,
     RewardModelTrainer,
@@ -17,7 +17,7 @@ from policies.reward_model import (
     pearson,
     split_held_out,
 )
-from policies.sft import SFTExample, SFTSettings, SFTTrainer
+from policies.training.sft import SFTExample, SFTSettings, SFTTrainer
 
 
 def test_pearson_by_hand():

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from policies import vllm_env
-from policies.vllm_env import VllmEnvError, ensure_vllm_env
-from policies.vllm_server import (
+from policies.serving import vllm_env
+from policies.serving.vllm_env import VllmEnvError, ensure_vllm_env
+from policies.serving.vllm_server import (
     VllmServer,
     VllmServerSettings,
     VllmStartError,

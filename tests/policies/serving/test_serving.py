@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from policies.models import load_model
-from policies.serving import SamplingParams, TransformersGenerator
+from policies.serving import SamplingParams
+from policies.serving.transformers_backend import TransformersGenerator
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hi"}],

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import torch
 from pydantic import Field
 
-from policies.batching import plan_batches
-from policies.preference_data import collate_sequences, encode_completions, sequence_logps
 from policies.serving import Conversation
-from policies.training import OptimSettings, StepLog, TrainingLoop
+from policies.training.batching import plan_batches
+from policies.training.data import collate_sequences, encode_completions, sequence_logps
+from policies.training.optimization import OptimSettings, StepLog, TrainingLoop
 
 
 class SFTSettings(OptimSettings):

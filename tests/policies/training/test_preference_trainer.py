@@ -5,10 +5,8 @@ import torch
 from safetensors.torch import load_file
 
 from policies.adapters import LoraSettings, attach_trainable_adapter, save_adapter
-from policies.losses import LossType
 from policies.models import load_model
-from policies.preference import PreferenceSettings, PreferenceTrainer
-from policies.preference_data import (
+from policies.training.data import (
     EncodedPair,
     PreferenceExample,
     collate,
@@ -16,6 +14,8 @@ from policies.preference_data import (
     completion_text,
     encode_pair,
 )
+from policies.training.losses import LossType
+from policies.training.preference import PreferenceSettings, PreferenceTrainer
 
 EXAMPLES = [
     PreferenceExample([{"role": "user", "content": f"Question {i}?"}], chosen=f"A careful answer {i}.",
@@ -191,7 +191,7 @@ def test_every_loss_trains_and_stays_finite(tiny_model_dir, loss):
 
 
 def test_chunked_completion_logps_equal_a_plain_log_softmax_with_gradients(tiny_model_dir, monkeypatch):
-    import policies.preference_data as data
+    import policies.training.data as data
 
     monkeypatch.setattr(data, "LOGIT_CHUNK", 7)  # several chunks, one of them partial
     model, tokenizer = fresh_policy(tiny_model_dir)

@@ -14,11 +14,11 @@ import torch
 from pydantic import Field
 from safetensors.torch import load_file, save_file
 
-from policies import losses
-from policies.batching import plan_batches
-from policies.losses import LossType
-from policies.preference_data import PreferenceExample, collate, collate_sequences, encode_pair, sequence_logps
-from policies.training import OptimSettings, StepLog, TrainingLoop
+from policies.training import losses
+from policies.training.batching import plan_batches
+from policies.training.data import PreferenceExample, collate, collate_sequences, encode_pair, sequence_logps
+from policies.training.losses import LossType
+from policies.training.optimization import OptimSettings, StepLog, TrainingLoop
 
 DEFAULT_BETA = {LossType.SIMPO: 2.0}
 

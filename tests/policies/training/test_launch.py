@@ -1,13 +1,13 @@
-"""`python -m policies.train SPEC.json` in a child process, single and multi-process (DeepSpeed ZeRO-2 on CPU)."""
+"""`python -m policies.training SPEC.json` in a child process, single and multi-process (DeepSpeed ZeRO-2 on CPU)."""
 
 import json
 
 import pytest
 from safetensors.torch import load_file
 
-from policies.launch import TrainingFailed, launch
-from policies.preference import PreferenceSettings
-from policies.train import TrainSpec
+from policies.training.launcher import TrainingFailed, launch
+from policies.training.preference import PreferenceSettings
+from policies.training.spec import TrainSpec
 
 PAIRS = [{"prompt": [{"role": "user", "content": f"Question {i}?"}], "chosen": f"A careful answer {i}.",
           "rejected": "No.", "target": 0.9} for i in range(8)]

@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
-from policies.batching import plan_batches
-from policies.heads import ScalarHead, hidden_size, last_hidden
-from policies.losses import bradley_terry_loss
-from policies.preference_data import EncodedPair, PreferenceExample, collate, encode_pair
-from policies.training import OptimSettings, StepLog, TrainingLoop
+from policies.training.batching import plan_batches
+from policies.training.data import EncodedPair, PreferenceExample, collate, encode_pair
+from policies.training.heads import ScalarHead, hidden_size, last_hidden
+from policies.training.losses import bradley_terry_loss
+from policies.training.optimization import OptimSettings, StepLog, TrainingLoop
 
 
 class RewardModelSettings(OptimSettings):

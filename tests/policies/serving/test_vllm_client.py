@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from policies.serving import SamplingParams
-from policies.vllm_client import (
+from policies.serving.vllm_client import (
     ServerError,
     ServerUnavailableError,
     UnknownModelError,
@@ -14,7 +14,7 @@ from policies.vllm_client import (
     VllmServerGenerator,
     parse_prometheus,
 )
-from policies.vllm_server import free_port
+from policies.serving.vllm_server import free_port
 from tests.fake_vllm import FakeVllm, FakeVllmServer
 
 FAST = {"backoff_s": 0.01, "timeout_s": 5.0}

@@ -11,7 +11,8 @@ Character-level ratios (difflib) are not used: short templated questions ("What'
 Y?") score 0.75-0.80 on them while asking different things. A rewrite with different words throughout (synonyms
 for every noun) is out of reach of any lexical measure; the thresholds sit between the closest pairs of different
 requests in the shipped files (Jaccard <= 0.38, containment <= 0.75) and the paraphrases pinned in
-tests/data/test_datasets.py.
+tests/data/test_datasets.py (0.50-1.00). The bar is conservative on purpose: "convert a string to an integer" and
+"... to a date" in JavaScript (3 of 5 content words shared) count as one request.
 """
 
 from __future__ import annotations

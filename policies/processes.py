@@ -102,8 +102,8 @@ def die_with_parent(poll_s: float = 0.5) -> None:
     parent = int(value)
     try:
         own_group = os.getpgrp() != os.getpgid(parent)
-    except OSError:  # the parent is already gone
-        own_group = os.getpgrp() == os.getpid()
+    except OSError:  # the parent is already gone: the launcher's new session is a group of our own
+        own_group = os.getsid(0) == os.getpgrp()
     if os.getppid() == parent:
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

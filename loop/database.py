@@ -28,7 +28,7 @@ class NoRun(DatabaseRefused):
     pass
 
 
-def _read_only_connection(path: Path) -> sqlite3.Connection:
+def read_only_connection(path: Path) -> sqlite3.Connection:
     """A connection that creates and writes nothing: WAL files are read when a writer left them, otherwise the
     file is opened immutable (SQLite would otherwise create -wal and -shm files beside it)."""
     wal_files = all(path.with_name(path.name + suffix).exists() for suffix in ("-wal", "-shm"))
@@ -63,7 +63,7 @@ def inspect_database(run_dir: Path) -> int | None:
         raise DatabaseRefused(f"{path} is not an SQLite database (not cai's run database); "
                               "point --run-dir at a run folder, or a new one")
     try:
-        connection = _read_only_connection(path)
+        connection = read_only_connection(path)
         try:
             check = [row[0] for row in connection.execute("PRAGMA quick_check")]
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -104,7 +104,7 @@ def open_run_store(run_dir: Path, *, write: bool) -> Store:
         if version is None:
             raise NoRun(f"no run in {run_dir} (no cai.db with a run); "
                         f"start one with `cai iterate --config FILE --run-dir {run_dir}`")
-        return Store("sqlite://", read_only=True, creator=lambda: _read_only_connection(path))
+        return Store("sqlite://", read_only=True, creator=lambda: read_only_connection(path))
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
         return Store(f"sqlite:///{path}")

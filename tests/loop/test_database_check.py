@@ -3,7 +3,6 @@ line and left as they were; read-only commands create and write nothing."""
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from pathlib import Path
 
@@ -13,12 +12,7 @@ from typer.testing import CliRunner
 from loop.cli import app
 from loop.database import DatabaseRefused, NoRun, inspect_database, open_run_store
 from loop.store import SCHEMA_VERSION, Iteration, Meta, Policy, Run
-
-
-def folder_digest(folder: Path) -> dict[str, str]:
-    """Every file's content hash, cai.log aside (a failure may add its line there)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "cai.log"}
+from tests.loop.runs import folder_digest
 
 
 def make_run(run_dir: Path) -> Path:
@@ -149,12 +143,11 @@ def test_status_reads_a_run_that_a_killed_process_left_with_its_wal(tmp_path):
     holder.execute("UPDATE iterations SET status = 'running'")
     holder.commit()
     assert (run_dir / "cai.db-wal").is_file()
-    # -shm is SQLite's shared-memory index, where every reader (even read-only) marks what it reads: not data.
-    before = {name: digest for name, digest in folder_digest(run_dir).items() if not name.endswith("-shm")}
+    before = folder_digest(run_dir)
     result = CliRunner().invoke(app, ["status", "--run-dir", str(run_dir), "--json"])
     assert result.exit_code == 0, result.output
     assert '"status": "running"' in result.output
-    assert {name: digest for name, digest in folder_digest(run_dir).items() if not name.endswith("-shm")} == before
+    assert folder_digest(run_dir) == before
     assert sorted(p.name for p in run_dir.iterdir()) == ["cai.db", "cai.db-shm", "cai.db-wal", "policies"]
     holder.close()
     with pytest.raises(NoRun):

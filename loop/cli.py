@@ -81,25 +81,41 @@ def _fail(message: str) -> NoReturn:
     _report(message, 2)
 
 
-def _bad_input_types() -> tuple[type[BaseException], ...]:
-    from constitution import ConstitutionError
-    from loop.config import ConfigError
-    from loop.prompts import PromptFileError
-    from loop.run_inputs import InputsChanged
-    from policies.models import ModelNotFoundError
+def _loaded(dotted: str) -> type[BaseException] | tuple[()]:
+    """An exception class, if its module is loaded (otherwise nothing can have raised it): classifying a failure
+    must not import torch."""
+    module, name = dotted.rsplit(".", 1)
+    return getattr(sys.modules[module], name) if module in sys.modules else ()
 
-    return ConfigError, ConstitutionError, PromptFileError, ModelNotFoundError, InputsChanged
+
+BAD_INPUT = ("loop.config.ConfigError", "constitution.loader.ConstitutionError", "loop.prompts.PromptFileError",
+             "policies.models.ModelNotFoundError", "loop.run_inputs.InputsChanged")
+SELF_EXPLAINING = ("loop.lease.LeaseHeld", "loop.lease.LeaseLost", "policies.serving.vllm_client.ServerError")
+
+
+def _classify(exc: Exception, position: Any) -> tuple[str, int]:
+    """The line and exit code of a failure: 2 for bad input, 1 for anything else."""
+    refused = _loaded("loop.database.DatabaseRefused")
+    if refused and isinstance(exc, refused):
+        return str(exc), 2 if exc.bad_input else 1
+    if isinstance(exc, tuple(_loaded(name) for name in BAD_INPUT)):
+        return str(exc), 2
+    if isinstance(exc, tuple(_loaded(name) for name in SELF_EXPLAINING)):
+        return str(exc), 1
+    training_failed = _loaded("policies.training.launcher.TrainingFailed")
+    if training_failed and isinstance(exc, training_failed):
+        FAILURES.info("last lines of the trainer's log:\n%s", "\n".join(exc.tail))
+        where = f" in {position.describe()}" if position is not None else ""
+        return f"training failed{where}: {exc}; run the same command again to retry", 1
+    first = (str(exc).strip().splitlines() or [""])[0]
+    hint = "" if _Options.debug else " (run with --debug for the traceback)"
+    return f"{type(exc).__name__}: {first}{hint}", 1
 
 
 @contextmanager
 def _failures_reported(position: Any = None) -> Iterator[None]:
     """Every failure ends in one line and an exit code: 2 for bad input, 1 for a failure, 130/143 for Ctrl-C and
     SIGTERM (with where it stopped and that the same command resumes)."""
-    from loop.database import DatabaseRefused
-    from loop.lease import LeaseHeld, LeaseLost
-    from policies.serving.vllm_client import ServerError
-    from policies.training.launcher import TrainingFailed
-
     try:
         yield
     except typer.Exit:
@@ -108,20 +124,8 @@ def _failures_reported(position: Any = None) -> Iterator[None]:
         name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
         where = position.describe() if position is not None else "the command"
         _report(f"interrupted ({name}) during {where}; run the same command again to resume", code, exc)
-    except DatabaseRefused as exc:
-        _report(str(exc), 2 if exc.bad_input else 1, exc)
-    except _bad_input_types() as exc:
-        _report(str(exc), 2, exc)
-    except (LeaseHeld, LeaseLost, ServerError) as exc:  # failures that explain themselves
-        _report(str(exc), 1, exc)
-    except TrainingFailed as exc:
-        FAILURES.info("last lines of the trainer's log:\n%s", "\n".join(exc.tail))
-        where = f" in {position.describe()}" if position is not None else ""
-        _report(f"training failed{where}: {exc}; run the same command again to retry", 1, exc)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]
-        hint = "" if _Options.debug else " (run with --debug for the traceback)"
-        _report(f"{type(exc).__name__}: {first}{hint}", 1, exc)
+        _report(*_classify(exc, position), exc)
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
@@ -147,20 +151,22 @@ def iterate(
     """Run one iteration (or finish an interrupted one): generate, critique, revise, judge, train."""
     import signal
 
-    from loop.iteration import Position
+    from loop.progress import Position, RichReporter
 
     _setup_logging(run_dir)
     position = Position()
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    with _failures_reported(position):
-        from loop.config import load_run_config
-        from loop.iteration import run_iteration
-        from loop.progress import RichReporter
-        from policies.runtime import quiet_model_libraries
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        with _failures_reported(position):
+            from loop.config import load_run_config
+            from loop.iteration import run_iteration
+            from policies.runtime import quiet_model_libraries
 
-        quiet_model_libraries()
-        summary = run_iteration(load_run_config(config), run_dir, RichReporter(console),
-                                allow_changed=allow_changed, position=position)
+            quiet_model_libraries()
+            summary = run_iteration(load_run_config(config), run_dir, RichReporter(console),
+                                    allow_changed=allow_changed, position=position)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     render_summary(summary)
     console.print(f"run directory: {run_dir}  (database: {run_dir / 'cai.db'}, log: {run_dir / 'cai.log'})")
 

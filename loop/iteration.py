@@ -4,7 +4,6 @@ stages in order, promote its policy."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from loop.config import RunConfig, save_run_config
 from loop.context import Engines, IterationContext
 from loop.database import open_run_store
 from loop.lease import acquire
-from loop.progress import NullReporter, Reporter
+from loop.progress import NullReporter, Position, Reporter
 from loop.prompts import load_prompts, select_prompts
 from loop.run_inputs import InputsChanged, config_hash, describe_changes, fingerprint
 from loop.stages import STAGES
@@ -27,21 +26,6 @@ from policies.runtime import configure_threads
 from policies.serving.vllm_client import ServerError
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Position:
-    """Where a running iteration is, for the line an interruption prints."""
-
-    iteration: int | None = None
-    stage: str | None = None
-
-    def describe(self) -> str:
-        if self.iteration is None:
-            return "the start of the iteration (nothing was recorded yet)"
-        if self.stage is None:
-            return f"iteration {self.iteration}, between stages"
-        return f"stage {self.stage} of iteration {self.iteration}"
 
 
 def validate_inputs(config: RunConfig) -> Constitution:

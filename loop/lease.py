@@ -2,8 +2,9 @@
 
 The lease is a row in the run's database (`run_leases`: run, token, host, pid, started_at, heartbeat). Every
 change is a compare-and-set in SQL: a row is taken only if it is absent, or if it still holds exactly the token
-and heartbeat that were read and judged stale. A holder is stale when its heartbeat is older than `stale_after_s`
-or, on the same host, when its process is gone (so a run killed with `kill -9` is resumed at once). The holder
+and heartbeat that were read and judged stale. On the same host a holder is stale exactly when its process is gone
+(or its pid now names a newer process), so a run killed with `kill -9` is resumed at once; on another host, when its
+heartbeat is older than `stale_after_s`. The holder
 proves it still owns the run inside each transaction that records work (`fence`), so a holder that lost its
 lease can never commit over the new holder's work.
 """
@@ -24,12 +25,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from loop.store import RunLease, Store
-from policies.processes import pid_alive
+from policies.processes import pid_alive, process_started_at
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 5.0
 STALE_AFTER_S = 60.0
+"""For holders on other hosts, whose processes cannot be checked from here."""
+CLOCK_TICK_SLACK_S = 1.0
+"""Process start times are known to the boot time's whole second."""
 
 
 class LeaseHeld(RuntimeError):
@@ -114,9 +118,16 @@ class Lease:
 
 
 def _is_stale(row: RunLease, host: str, stale_after_s: float, now: float) -> bool:
-    if now - row.heartbeat > stale_after_s:
+    """On this host the holder's process tells for sure: gone, or a newer process that reuses its id. A live holder
+    is never stale here, even if stopped or slow. Another host's holder is stale when its heartbeat is old."""
+    if row.host != host:
+        return now - row.heartbeat > stale_after_s
+    if not pid_alive(row.pid):
         return True
-    return row.host == host and not pid_alive(row.pid)
+    started = process_started_at(row.pid)
+    acquired = row.started_at.replace(tzinfo=UTC).timestamp() if row.started_at.tzinfo is None \
+        else row.started_at.timestamp()
+    return started is not None and started > acquired + CLOCK_TICK_SLACK_S
 
 
 def acquire(store: Store, run: str, *, stale_after_s: float = STALE_AFTER_S,
@@ -144,5 +155,5 @@ def acquire(store: Store, run: str, *, stale_after_s: float = STALE_AFTER_S,
             .values(heartbeat=time.time(), **values)).rowcount
     if taken != 1:
         raise LeaseHeld(f"run {run!r} was just taken over by another process")
-    log.warning("took over the lease on run %r from a stale holder (%s)", run, holder)
+    log.info("took over the lease on run %r from a holder that is gone (%s)", run, holder)
     return lease

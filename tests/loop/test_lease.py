@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime
 
 import pytest
 from sqlalchemy import create_engine, text, update
@@ -73,6 +74,16 @@ def test_a_dead_holder_on_this_host_is_taken_over_at_once(store):
     first.release()  # a former holder's release leaves the new holder's row alone
     with pytest.raises(LeaseHeld):
         acquire(store, "r1")
+
+
+def test_a_live_holder_on_this_host_keeps_the_lease_until_its_pid_names_another_process(store):
+    acquire(store, "r1")
+    _set(store, "r1", heartbeat=time.time() - 3600)  # stopped or slow, but alive: still the holder
+    with pytest.raises(LeaseHeld, match="last heartbeat 3600 s ago"):
+        acquire(store, "r1", stale_after_s=60)
+    # The pid now belongs to a process that started after the lease was taken: the holder is gone.
+    _set(store, "r1", started_at=datetime(2000, 1, 1))
+    acquire(store, "r1").release()
 
 
 def test_another_host_is_taken_over_only_when_its_heartbeat_is_stale(store):

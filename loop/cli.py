@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -25,11 +28,37 @@ out = Console()
 RunDir = Annotated[Path, typer.Option("--run-dir", help="Directory holding the run's database and adapters.")]
 
 
+FAILURES = logging.getLogger("cai.failures")
+"""The line each failure leaves in cai.log (stderr gets it from `_report`, not from the console handler)."""
+
+
+class _Options:
+    debug = False
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt, so the same clean-up runs (trainers stopped,
+    the lease released) and the same line is printed."""
+
+
+class _RunLog(logging.FileHandler):
+    """RUN_DIR/cai.log, written only once the run folder exists: a failed start never creates the folder."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(run_dir / "cai.log", delay=True)
+        self.run_dir = run_dir
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.run_dir.is_dir():
+            super().emit(record)
+
+
 def _setup_logging(run_dir: Path | None) -> None:
-    handlers: list[logging.Handler] = [RichHandler(console=console, level=logging.WARNING, show_path=False)]
+    terminal = RichHandler(console=console, level=logging.WARNING, show_path=False)
+    terminal.addFilter(lambda record: record.name != FAILURES.name)
+    handlers: list[logging.Handler] = [terminal]
     if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        file = logging.FileHandler(run_dir / "cai.log")
+        file = _RunLog(run_dir)
         file.setFormatter(logging.Formatter("ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r"))
         file.setLevel(logging.INFO)
         handlers.append(file)
@@ -38,32 +67,106 @@ def _setup_logging(run_dir: Path | None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _fail(message: str) -> None:
-    console.print("[bold red]error:[/]", escape(message), highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)
+def _report(message: str, code: int, exc: BaseException | None = None) -> NoReturn:
+    """The failure's line(s) on stderr and in cai.log, the traceback only with --debug; exit with `code`."""
+    for line in message.splitlines() or [""]:
+        console.print("[bold red]error:[/]", escape(line), highlight=False, soft_wrap=True)
+    FAILURES.error("%s", message, exc_info=exc if _Options.debug else None)
+    if _Options.debug and exc is not None:
+        console.print("".join(traceback.format_exception(exc)), highlight=False, soft_wrap=True, markup=False)
+    raise typer.Exit(code=code)
+
+
+def _fail(message: str) -> NoReturn:
+    _report(message, 2)
+
+
+def _loaded(dotted: str) -> type[BaseException] | tuple[()]:
+    """An exception class, if its module is loaded (otherwise nothing can have raised it): classifying a failure
+    must not import torch."""
+    module, name = dotted.rsplit(".", 1)
+    return getattr(sys.modules[module], name) if module in sys.modules else ()
+
+
+BAD_INPUT = ("loop.config.ConfigError", "constitution.loader.ConstitutionError", "loop.prompts.PromptFileError",
+             "policies.models.ModelNotFoundError", "loop.run_inputs.InputsChanged")
+SELF_EXPLAINING = ("loop.lease.LeaseHeld", "loop.lease.LeaseLost", "policies.serving.vllm_client.ServerError")
+
+
+def _classify(exc: Exception, position: Any) -> tuple[str, int]:
+    """The line and exit code of a failure: 2 for bad input, 1 for anything else."""
+    refused = _loaded("loop.database.DatabaseRefused")
+    if refused and isinstance(exc, refused):
+        return str(exc), 2 if exc.bad_input else 1
+    if isinstance(exc, tuple(_loaded(name) for name in BAD_INPUT)):
+        return str(exc), 2
+    if isinstance(exc, tuple(_loaded(name) for name in SELF_EXPLAINING)):
+        return str(exc), 1
+    training_failed = _loaded("policies.training.launcher.TrainingFailed")
+    if training_failed and isinstance(exc, training_failed):
+        FAILURES.info("last lines of the trainer's log:\n%s", "\n".join(exc.tail))
+        where = f" in {position.describe()}" if position is not None else ""
+        return f"training failed{where}: {exc}; run the same command again to retry", 1
+    first = (str(exc).strip().splitlines() or [""])[0]
+    hint = "" if _Options.debug else " (run with --debug for the traceback)"
+    return f"{type(exc).__name__}: {first}{hint}", 1
+
+
+@contextmanager
+def _failures_reported(position: Any = None) -> Iterator[None]:
+    """Every failure ends in one line and an exit code: 2 for bad input, 1 for a failure, 130/143 for Ctrl-C and
+    SIGTERM (with where it stopped and that the same command resumes)."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except (KeyboardInterrupt, Terminated) as exc:
+        name, code = ("SIGTERM", 143) if isinstance(exc, Terminated) else ("Ctrl-C", 130)
+        where = position.describe() if position is not None else "the command"
+        _report(f"interrupted ({name}) during {where}; run the same command again to resume", code, exc)
+    except Exception as exc:
+        _report(*_classify(exc, position), exc)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+@app.callback()
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", envvar="CAI_DEBUG",
+                                        help="Show the traceback of a failure (also CAI_DEBUG=1).")] = False,
+) -> None:
+    _Options.debug = debug
 
 
 @app.command()
 def iterate(
     config: Annotated[Path, typer.Option("--config", help="Run config YAML, e.g. configs/quickstart.yaml.")],
     run_dir: RunDir,
+    allow_changed: Annotated[bool, typer.Option(
+        "--allow-changed", help="Resume an unfinished iteration although its constitution or config changed "
+        "(both are recorded).")] = False,
 ) -> None:
     """Run one iteration (or finish an interrupted one): generate, critique, revise, judge, train."""
-    from constitution import ConstitutionError
-    from loop.config import ConfigError, load_run_config
-    from loop.iteration import run_iteration
-    from loop.progress import RichReporter
-    from loop.prompts import PromptFileError
-    from policies.models import ModelNotFoundError
-    from policies.runtime import quiet_model_libraries
-    from policies.serving.vllm_client import ServerError
+    import signal
+
+    from loop.progress import Position, RichReporter
 
     _setup_logging(run_dir)
-    quiet_model_libraries()
+    position = Position()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        summary = run_iteration(load_run_config(config), run_dir, RichReporter(console))
-    except (ConfigError, ConstitutionError, PromptFileError, ModelNotFoundError, ServerError) as exc:
-        _fail(str(exc))
+        with _failures_reported(position):
+            from loop.config import load_run_config
+            from loop.iteration import run_iteration
+            from policies.runtime import quiet_model_libraries
+
+            quiet_model_libraries()
+            summary = run_iteration(load_run_config(config), run_dir, RichReporter(console),
+                                    allow_changed=allow_changed, position=position)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     render_summary(summary)
     console.print(f"run directory: {run_dir}  (database: {run_dir / 'cai.db'}, log: {run_dir / 'cai.log'})")
 
@@ -128,19 +231,21 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     iteration: Annotated[int | None, typer.Option(help="Iteration index (default: the latest).")] = None,
 ) -> None:
-    """Summarise an iteration of a run from its database."""
-    from loop.store import Store
+    """Summarise an iteration of a run from its database (reads only: creates and writes no file)."""
+    from loop.database import open_run_store
     from loop.summary import iteration_summary, latest_iteration
 
-    if not (run_dir / "cai.db").is_file():
-        _fail(f"no run in {run_dir} (no cai.db); start one with `cai iterate --config FILE --run-dir {run_dir}`")
-    store = Store.for_run_dir(run_dir)
-    with store.session() as session:
-        found = latest_iteration(session, iteration)
-        if found is None:
-            _fail(f"no iteration {iteration if iteration is not None else ''} in {run_dir}".replace("  ", " "))
-        summary = iteration_summary(session, found)
-    store.dispose()
+    _setup_logging(None)
+    with _failures_reported():
+        store = open_run_store(run_dir, write=False)
+        try:
+            with store.session() as session:
+                found = latest_iteration(session, iteration)
+                if found is None:
+                    _fail(f"no iteration {iteration if iteration is not None else ''} in {run_dir}".replace("  ", " "))
+                summary = iteration_summary(session, found)
+        finally:
+            store.dispose()
     if as_json:
         out.print_json(json.dumps(summary))
     else:
@@ -193,7 +298,7 @@ def _metric_rows(metrics: dict[str, float]) -> list[tuple[str, str]]:
 def render_summary(summary: dict[str, Any]) -> None:
     title = (f"run {summary['run']} · iteration {summary['iteration']} ({summary['status']}) · "
              f"{summary['policy_in']} → {summary['policy_version'] or 'no new policy'} · "
-             f"constitution {summary['constitution_hash']}")
+             f"constitution {' → '.join(summary.get('constitution_hashes') or [summary['constitution_hash']])}")
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("stage")
     table.add_column("result")

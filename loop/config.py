@@ -5,14 +5,17 @@ Any field can be overridden from the environment: `CAI_HOME=/data/cai`, `CAI_TRA
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+from loop.environment import unknown_variables, variable_for
 from policies.adapters import LoraSettings
+from policies.files import atomic_write_text
 from policies.models import DEFAULT_MODEL
 from policies.serving.vllm_server import VllmServerSettings
 from policies.training.losses import LossType
@@ -120,7 +123,14 @@ class ConfigError(ValueError):
 
 
 def load_run_config(path: Path) -> RunConfig:
-    """Read, validate and resolve a config file; relative paths become absolute against its folder."""
+    """Read, validate and resolve a config file; relative paths become absolute against its folder.
+
+    An unknown `CAI_` variable is refused, and a bad value from the environment names its variable.
+    """
+    environ = os.environ
+    unknown = unknown_variables(RunConfig, environ)
+    if unknown:
+        raise ConfigError("\n".join(unknown))
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except OSError as exc:
@@ -130,8 +140,16 @@ def load_run_config(path: Path) -> RunConfig:
     try:
         config = RunConfig(**data)
     except ValidationError as exc:
-        lines = [f"{path}: {'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()]
+        lines = []
+        for e in exc.errors():
+            where = "environment variable " + variable if (variable := variable_for(e["loc"], environ)) else path
+            lines.append(f"{where}: {'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}")
         raise ConfigError("\n".join(lines)) from exc
+    except SettingsError as exc:  # a section's variable that is not valid JSON
+        field = str(exc).split('"')[1] if '"' in str(exc) else ""
+        variable = variable_for([field], environ) if field else None
+        raise ConfigError(f"environment variable {variable or 'CAI_' + field.upper()}: {exc.__cause__ or exc}") \
+            from exc
     return resolve_paths(config, path.parent)
 
 
@@ -157,4 +175,4 @@ def resolve_paths(config: RunConfig, base: Path) -> RunConfig:
 
 
 def save_run_config(config: RunConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

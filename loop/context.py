@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -96,6 +97,8 @@ class IterationContext:
     constitution: Constitution
     engines: Engines
     reporter: Reporter
+    fence: Callable[[Session], None] = lambda session: None
+    """Raises inside a transaction if this process no longer holds the run (`loop.lease.Lease.fence`)."""
     started: dict[str, float] = field(default_factory=dict)
     counters_at_start: dict[str, dict[str, float] | None] = field(default_factory=dict)
 
@@ -119,6 +122,7 @@ class IterationContext:
 
     def complete(self, session: Session, stage: str, shard: int = 0) -> None:
         """Record the stage shard as done: call inside the transaction that writes its outputs."""
+        self.fence(session)
         wall = time.perf_counter() - self.started[stage]
         session.add(StageRun(iteration_id=self.iteration_id, stage=stage, shard=shard, wall_s=wall))
         before = self.counters_at_start.get(stage)

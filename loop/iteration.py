@@ -1,4 +1,5 @@
-"""One iteration of the loop: open (or resume) it, run its stages in order, promote its policy."""
+"""One iteration of the loop: validate its inputs, take the run's lease, open (or resume) the iteration, run its
+stages in order, promote its policy."""
 
 from __future__ import annotations
 
@@ -8,23 +9,60 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from constitution import load_constitution
+from constitution import Constitution, load_constitution
 from loop import vllm_backend
 from loop.config import RunConfig, save_run_config
 from loop.context import Engines, IterationContext
-from loop.progress import NullReporter, Reporter
+from loop.database import open_run_store
+from loop.lease import acquire
+from loop.progress import NullReporter, Position, Reporter
 from loop.prompts import load_prompts, select_prompts
+from loop.run_inputs import InputsChanged, config_hash, describe_changes, fingerprint
 from loop.stages import STAGES
-from loop.store import Iteration, Policy, Run, Sample, StageRun, Store, utcnow
+from loop.store import Iteration, IterationInputs, Policy, Run, Sample, StageRun, Store, utcnow
 from loop.summary import iteration_summary
+from policies.models import resolve_model_dir
 from policies.runtime import configure_threads
 from policies.serving.vllm_client import ServerError
 
 log = logging.getLogger(__name__)
 
 
-def open_iteration(store: Store, config: RunConfig, run_dir: Path, constitution_hash: str) -> tuple[int, int, int]:
-    """(run id, iteration id, iteration index): the unfinished iteration if there is one, else a new one."""
+def validate_inputs(config: RunConfig) -> Constitution:
+    """Everything a run reads, checked before anything is written: the constitution, the prompts, the models."""
+    constitution = load_constitution(config.constitution)
+    load_prompts(config.prompts.files)
+    resolve_model_dir(config.model.name, config.home)
+    if config.judge.model and config.generation.backend == "transformers":
+        resolve_model_dir(config.judge.model, config.home)
+    return constitution
+
+
+def _check_resumed_inputs(session, iteration: Iteration, constitution_hash: str, fields: dict[str, Any],
+                          allow_changed: bool) -> None:
+    """A resumed iteration keeps its inputs; with `allow_changed` the new ones are recorded beside the old."""
+    recorded = session.scalars(select(IterationInputs).where(IterationInputs.iteration_id == iteration.id)
+                               .order_by(IterationInputs.id.desc())).first()
+    changes = describe_changes(recorded.constitution_hash if recorded else iteration.constitution_hash,
+                               constitution_hash, recorded.config if recorded else None, fields)
+    if not changes:
+        return
+    if not allow_changed:
+        raise InputsChanged(f"iteration {iteration.index} was started with other inputs ({'; '.join(changes)}); "
+                            "resume it with the original ones, or pass --allow-changed to go on with these "
+                            "(both are then recorded)")
+    log.warning("iteration %d resumes with changed inputs: %s", iteration.index, "; ".join(changes))
+    session.add(IterationInputs(iteration_id=iteration.id, constitution_hash=constitution_hash,
+                                config_hash=config_hash(fields), config=fields))
+
+
+def open_iteration(store: Store, config: RunConfig, run_dir: Path, constitution_hash: str, *,
+                   allow_changed: bool = False) -> tuple[int, int, int]:
+    """(run id, iteration id, iteration index): the unfinished iteration if there is one, else a new one.
+
+    Resuming with another constitution or config raises InputsChanged unless `allow_changed`.
+    """
+    fields = fingerprint(config)
     with store.session() as session:
         run = session.scalar(select(Run).order_by(Run.id))
         if run is None:
@@ -35,6 +73,7 @@ def open_iteration(store: Store, config: RunConfig, run_dir: Path, constitution_
         latest = session.scalar(select(Iteration).where(Iteration.run_id == run.id)
                                 .order_by(Iteration.index.desc()))
         if latest is not None and latest.status != "done":
+            _check_resumed_inputs(session, latest, constitution_hash, fields, allow_changed)
             log.info("resuming iteration %d", latest.index)
             return run.id, latest.id, latest.index
 
@@ -43,6 +82,8 @@ def open_iteration(store: Store, config: RunConfig, run_dir: Path, constitution_
                               constitution_hash=constitution_hash)
         session.add(iteration)
         session.flush()
+        session.add(IterationInputs(iteration_id=iteration.id, constitution_hash=constitution_hash,
+                                    config_hash=config_hash(fields), config=fields))
         prompts = select_prompts(load_prompts(config.prompts.files), config.prompts.per_iteration,
                                  config.seed, index)
         for record in prompts:
@@ -65,6 +106,7 @@ def _engines(config: RunConfig, store: Store, run_id: int, run_dir: Path) -> Eng
 def _finish(ctx: IterationContext) -> None:
     """Without gates yet, a trained policy is promoted: the next iteration generates with it."""
     with ctx.store.session() as session:
+        ctx.fence(session)
         iteration = session.get(Iteration, ctx.iteration_id)
         produced = session.scalar(select(func.max(Policy.version)).where(Policy.iteration_id == iteration.id))
         if produced is not None:
@@ -79,30 +121,46 @@ def _finish(ctx: IterationContext) -> None:
             log.warning("policy v%d is promoted but could not be published to the vLLM server: %s", produced, exc)
 
 
-def run_iteration(config: RunConfig, run_dir: Path, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Run (or resume) one iteration in `run_dir` and return its summary."""
+def _run_name(store: Store, run_dir: Path) -> str:
+    with store.session() as session:
+        return session.scalar(select(Run.name).order_by(Run.id)) or run_dir.name
+
+
+def run_iteration(config: RunConfig, run_dir: Path, reporter: Reporter | None = None, *,
+                  allow_changed: bool = False, position: Position | None = None) -> dict[str, Any]:
+    """Run (or resume) one iteration in `run_dir` and return its summary.
+
+    Nothing is written before the inputs validate and the database checks out; a run held by another live
+    process is refused (`loop.lease.LeaseHeld`). `position` is kept up to date for interruption messages.
+    """
     reporter = reporter or NullReporter()
+    position = position if position is not None else Position()
     configure_threads(config.threads)
-    constitution = load_constitution(config.constitution)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_run_config(config, run_dir / "config.yaml")
-    store = Store.for_run_dir(run_dir)
+    constitution = validate_inputs(config)
+    store = open_run_store(run_dir, write=True)
     try:
-        run_id, iteration_id, index = open_iteration(store, config, run_dir, constitution.content_hash)
-        ctx = IterationContext(config=config, store=store, run_dir=run_dir, run_id=run_id,
-                               iteration_id=iteration_id, iteration_index=index, constitution=constitution,
-                               engines=_engines(config, store, run_id, run_dir), reporter=reporter)
-        with store.session() as session:
-            done = set(session.scalars(select(StageRun.stage).where(StageRun.iteration_id == iteration_id)))
-        for name, stage in STAGES.items():
-            if name in done:
-                log.info("stage %s of iteration %d already done", name, index)
-                continue
-            log.info("stage %s of iteration %d starting", name, index)
-            ctx.begin(name)
-            stage(ctx)
-        _finish(ctx)
-        with store.session() as session:
-            return iteration_summary(session, session.get(Iteration, iteration_id))
+        with acquire(store, _run_name(store, run_dir)) as lease:
+            run_id, iteration_id, index = open_iteration(store, config, run_dir, constitution.content_hash,
+                                                         allow_changed=allow_changed)
+            position.iteration = index
+            save_run_config(config, run_dir / "config.yaml")
+            ctx = IterationContext(config=config, store=store, run_dir=run_dir, run_id=run_id,
+                                   iteration_id=iteration_id, iteration_index=index, constitution=constitution,
+                                   engines=_engines(config, store, run_id, run_dir), reporter=reporter,
+                                   fence=lease.fence)
+            with store.session() as session:
+                done = set(session.scalars(select(StageRun.stage).where(StageRun.iteration_id == iteration_id)))
+            for name, stage in STAGES.items():
+                if name in done:
+                    log.info("stage %s of iteration %d already done", name, index)
+                    continue
+                log.info("stage %s of iteration %d starting", name, index)
+                position.stage = name
+                ctx.begin(name)
+                stage(ctx)
+            position.stage = None
+            _finish(ctx)
+            with store.session() as session:
+                return iteration_summary(session, session.get(Iteration, iteration_id))
     finally:
         store.dispose()

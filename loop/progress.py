@@ -1,9 +1,10 @@
-"""Progress reporting for long stages: rich bars on a terminal, nothing in tests."""
+"""Progress reporting for long stages: rich bars on a terminal, nothing in tests; where an iteration is."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Protocol
 
 from rich.console import Console
@@ -32,3 +33,18 @@ class RichReporter:
         with Progress(*columns, console=self.console, transient=False) as progress:
             task = progress.add_task(description, total=total)
             yield lambda n: progress.advance(task, n)
+
+
+@dataclass
+class Position:
+    """Where a running iteration is, for the line an interruption prints."""
+
+    iteration: int | None = None
+    stage: str | None = None
+
+    def describe(self) -> str:
+        if self.iteration is None:
+            return "the start of the iteration (nothing was recorded yet)"
+        if self.stage is None:
+            return f"iteration {self.iteration}, between stages"
+        return f"stage {self.stage} of iteration {self.iteration}"

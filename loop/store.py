@@ -143,18 +143,87 @@ class Metric(Base):
     step: Mapped[int | None]
 
 
+class IterationInputs(Base):
+    """The constitution and config an iteration ran with: one row when it starts, and one more each time it is
+    resumed with changed inputs (`--allow-changed`), so both hashes stay on record."""
+
+    __tablename__ = "iteration_inputs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    iteration_id: Mapped[int] = mapped_column(ForeignKey("iterations.id"), index=True)
+    constitution_hash: Mapped[str]
+    config_hash: Mapped[str]
+    config: Mapped[dict[str, Any]]
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RunLease(Base):
+    """Who is working on a run now (see `loop.lease`): one row per run, changed only by compare-and-set."""
+
+    __tablename__ = "run_leases"
+    run: Mapped[str] = mapped_column(primary_key=True)
+    token: Mapped[str]
+    """Random per acquisition: the key of every compare-and-set."""
+    host: Mapped[str]
+    pid: Mapped[int]
+    started_at: Mapped[datetime]
+    heartbeat: Mapped[float]
+    """Seconds since the epoch on the holder's clock."""
+
+
+class Meta(Base):
+    """Key/value facts about the database itself; `schema_version` lets a later migration start from here."""
+
+    __tablename__ = "cai_meta"
+    key: Mapped[str] = mapped_column(primary_key=True)
+    value: Mapped[str]
+
+
+SCHEMA_VERSION = 1
+"""1: the first versioned schema (adds cai_meta, run_leases, iteration_inputs to the unversioned tables)."""
+
+
+class SchemaTooNew(RuntimeError):
+    pass
+
+
 class Store:
-    def __init__(self, url: str):
-        self.engine: Engine = create_engine(url)
-        if self.engine.dialect.name == "sqlite":
+    def __init__(self, url: str, *, read_only: bool = False, creator=None):
+        options = {"creator": creator} if creator else {}
+        self.engine: Engine = create_engine(url, **options)
+        if self.engine.dialect.name == "sqlite" and not read_only:
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
+        if not read_only:
+            Base.metadata.create_all(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.schema_version = self._check_schema_version(stamp=not read_only)
 
     @classmethod
-    def for_run_dir(cls, run_dir: Path) -> Store:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        return cls(f"sqlite:///{run_dir / 'cai.db'}")
+    def for_run_dir(cls, run_dir: Path, *, read_only: bool = False) -> Store:
+        """The run's SQLite database, checked first (`loop.database`): refused if damaged or not cai's."""
+        from loop.database import open_run_store
+
+        return open_run_store(run_dir, write=not read_only)
+
+    def _check_schema_version(self, stamp: bool) -> int:
+        """The stored schema version (stamped on first write); a newer one than this code knows is refused."""
+        with self.session() as session:
+            row = session.get(Meta, "schema_version") if self.has_table("cai_meta") else None
+            if row is None:
+                if not stamp:
+                    return 0
+                row = Meta(key="schema_version", value=str(SCHEMA_VERSION))
+                session.add(row)
+            version = int(row.value)
+        if version > SCHEMA_VERSION:
+            self.dispose()
+            raise SchemaTooNew(f"the database has schema version {version}, newer than this cai reads "
+                               f"({SCHEMA_VERSION}); use a newer cai")
+        return version
+
+    def has_table(self, name: str) -> bool:
+        from sqlalchemy import inspect
+
+        return inspect(self.engine).has_table(name)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Float, cast, func, select
+from sqlalchemy import Float, cast, func, inspect, select
 from sqlalchemy.orm import Session
 
-from loop.store import Comparison, Critique, Iteration, Metric, Pair, Policy, Run, Sample, StageRun, count
+from loop.store import (
+    Comparison,
+    Critique,
+    Iteration,
+    IterationInputs,
+    Metric,
+    Pair,
+    Policy,
+    Run,
+    Sample,
+    StageRun,
+    count,
+)
 
 SERVING_METRICS = ("prefix_cache_hit_rate", "generated_tokens_per_s")
 """Recorded per stage from the vLLM server's counters (vllm-server backend only)."""
@@ -37,11 +49,17 @@ def iteration_summary(session: Session, iteration: Iteration) -> dict[str, Any]:
     stages = {s.stage: round(s.wall_s, 2) for s in session.scalars(
         select(StageRun).where(StageRun.iteration_id == iteration.id).order_by(StageRun.id))}
     run = session.get(Run, iteration.run_id)
+    # More than one when the iteration was resumed with another constitution (`cai iterate --allow-changed`).
+    recorded = select(IterationInputs.constitution_hash).where(IterationInputs.iteration_id == iteration.id)
+    versioned = inspect(session.get_bind()).has_table(IterationInputs.__tablename__)  # not in unversioned runs
+    hashes = list(dict.fromkeys(session.scalars(recorded.order_by(IterationInputs.id)) if versioned else []))
+    hashes = hashes or [iteration.constitution_hash]
     return {
         "run": run.name,
         "iteration": iteration.index,
         "status": iteration.status,
-        "constitution_hash": iteration.constitution_hash,
+        "constitution_hash": hashes[-1],
+        "constitution_hashes": hashes,
         "policy_in": f"v{iteration.policy_version}",
         "policy_version": f"v{produced.version}" if produced else None,
         "adapter_path": produced.adapter_path if produced else None,

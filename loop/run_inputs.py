@@ -1,0 +1,42 @@
+"""What an iteration's results depend on (its constitution and its config), so a resume can tell what changed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from loop.config import RunConfig
+
+NOT_INPUTS = ("home", "threads")
+"""Where caches live and how many threads compute: they change no result, so they may differ on a resume."""
+
+
+class InputsChanged(ValueError):
+    """An unfinished iteration is resumed with another constitution or config."""
+
+
+def fingerprint(config: RunConfig) -> dict[str, Any]:
+    return config.model_dump(mode="json", exclude=set(NOT_INPUTS))
+
+
+def config_hash(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the leaves that differ, with both values: `train.preference.beta: 0.1 → 0.2`."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [line for key in sorted(set(old) | set(new), key=str)
+                for line in changed_fields(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} → {new!r}"]
+
+
+def describe_changes(old_constitution: str, new_constitution: str, old_config: dict[str, Any] | None,
+                     new_config: dict[str, Any]) -> list[str]:
+    changes = []
+    if old_constitution != new_constitution:
+        changes.append(f"constitution: {old_constitution} → {new_constitution}")
+    if old_config is not None:
+        changes += [f"config {line}" for line in changed_fields(old_config, new_config)]
+    return changes

@@ -123,10 +123,10 @@ def check_constitution(path: str | Path, *, lint: bool = True) -> Checked:
     try:
         constitution = Constitution(name=resolved.name or root.stem, description=resolved.description or "",
                                     snippets=resolved.snippets, principles=list(resolved.principles.values()))
-    except ValidationError as exc:
-        problems += [Problem(root, 1, 1, "principles", e["msg"].removeprefix("Value error, "),
-                             "after extends, include and remove nothing is left; add principles")
-                     for e in exc.errors()]
+    except ValidationError:
+        # Each file was valid on its own, so the only way to fail here is an empty result.
+        problems.append(Problem(root, 1, 1, "principles", "no principles are left after extends, include and remove",
+                                "add principles, or remove fewer"))
         return Checked(None, {}, tuple(resolved.files), tuple(problems))
     problems += _check_templates(constitution, resolved)
     if lint and not any(p.severity == "error" for p in problems):
@@ -197,7 +197,7 @@ def _resolve_reference(source: Source, loc: Loc, reference: str, here: tuple[Pat
                        problems: list[Problem]) -> _Resolved | None:
     target = resolve_constitution_path(reference, source.path.parent)
     if target.resolve() in here:
-        chain = " -> ".join(str(p) for p in (*here[here.index(target.resolve()):], target.resolve()))
+        chain = " -> ".join(p.name for p in (*here[here.index(target.resolve()):], target.resolve()))
         problems.append(source.problem(loc, f"include cycle: {source.path} and {target} include each other "
                                             f"({chain})", "remove one of the two references"))
         return None

@@ -77,8 +77,9 @@ class _Environment(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**"})
 
     def call_binop(self, context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and isinstance(right, int | float) and abs(right) > 64:
-            raise SecurityError(f"exponent {right} of '**' is over the limit of 64")
+        if operator == "**" and isinstance(right, int | float) and isinstance(left, int | float) and (
+                abs(right) > 64 or abs(left) > 1 and abs(int(left)).bit_length() * abs(right) > 4096):
+            raise SecurityError(f"{left} '**' {right} is over the size limit")
         if operator == "*":
             sized, times = (left, right) if isinstance(right, int) else (right, left)
             if isinstance(sized, str | list | tuple) and isinstance(times, int) \
@@ -89,7 +90,8 @@ class _Environment(ImmutableSandboxedEnvironment):
 
 
 def _environment() -> _Environment:
-    env = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+    # Text without template syntax must come out exactly as written (v1 wording, YAML's trailing newline).
+    env = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
     env.filters = {name: f for name, f in env.filters.items() if name in ALLOWED_FILTERS}
     env.globals = {"range": env.globals["range"]}  # the sandbox's range, capped at 100 000 items
     return env

@@ -15,9 +15,9 @@ def test_a_broken_edit_keeps_the_last_good_version_and_reports_it(tmp_path):
     assert problems == []
 
     path.write_text(good_text.replace("{{ snippets.rewrite_only }}", "{{ snippets.rewrite_onyl }}", 1))
-    started = time.perf_counter()
+    started = time.process_time()
     kept, problems = load_constitution_or_last_good(path, good)
-    assert time.perf_counter() - started < 1.0
+    assert time.process_time() - started < 1.0
     assert kept is good
     assert [p.message for p in problems] == ["unknown snippet 'rewrite_onyl'"]
     assert problems[0].line is not None and problems[0].column is not None

@@ -21,9 +21,9 @@ def errors(name: str) -> list[str]:
 
 
 def test_sandbox_escapes_and_runaway_templates_are_rejected_at_load_with_their_place():
-    started = time.perf_counter()
+    started = time.process_time()
     found = errors("escapes.yaml")
-    elapsed = time.perf_counter() - started
+    elapsed = time.process_time() - started
     path = V2 / "escapes.yaml"
     assert found == [
         f"{path}:5:42: error: principles[0].critique_request: access to the private attribute '__class__' is not "
@@ -33,14 +33,14 @@ def test_sandbox_escapes_and_runaway_templates_are_rejected_at_load_with_their_p
         "string, striptags, title, trim, truncate, upper, wordcount)",
         f"{path}:16:41: error: principles[2].comparison_question: method calls are not allowed ('format') "
         "(hint: use a filter instead, e.g. {{ prompt | trim }} or {{ prompt | upper }})",
-        f"{path}:20:35: error: principles[3].critique_request: rendering took over 0.25 s "
+        f"{path}:20:35: error: principles[3].critique_request: rendering took over 0.25 s of CPU "
         "(hint: a loop runs too many times; loop over fewer items)",
         f"{path}:26:7: error: principles[4].revision_request: output is over the limit of 100000 characters "
         "(hint: principle text should be short; loop over fewer items)",
         f"{path}:30:40: error: principles[5].critique_request: unsafe template: '*' would repeat a value 100000 "
         "times, over the limit of 100000 characters (hint: templates may only read the declared variables)",
     ]
-    assert elapsed < 1.0  # the time limit stops the 10^10-step loop
+    assert elapsed < 1.0  # CPU seconds: the time limit stops the 10^10-step loop
 
 
 def test_template_mistakes_point_at_the_exact_column():

@@ -24,7 +24,7 @@ from constitution.schema import (
     Principle,
 )
 from constitution.source import Loc, Source, resolve_constitution_path
-from constitution.templates import TEMPLATE_FIELDS, VARIABLES, TemplateProblem, compile_template
+from constitution.templates import TEMPLATE_FIELDS, VARIABLES, TemplateField, TemplateProblem, compile_template
 
 log = logging.getLogger(__name__)
 
@@ -270,9 +270,9 @@ def sample_inputs(principle: Principle) -> list[dict[str, object]]:
     return examples or [dict(SAMPLE_INPUTS)]
 
 
-def inputs_for(field_name: str, inputs: dict[str, object]) -> dict[str, object]:
-    allowed = VARIABLES[field_name]  # type: ignore[index]
-    return {k: v for k, v in inputs.items() if k in allowed}
+def render_on(principle: Principle, field_name: TemplateField, inputs: dict[str, object]) -> str:
+    """Render one field on sample inputs, passing only the variables that field declares."""
+    return principle.render(field_name, **{k: v for k, v in inputs.items() if k in VARIABLES[field_name]})
 
 
 def _check_templates(constitution: Constitution, resolved: _Resolved) -> list[Problem]:
@@ -295,8 +295,7 @@ def _check_templates(constitution: Constitution, resolved: _Resolved) -> list[Pr
                                           _did_you_mean(missing[0], constitution.snippets)
                                           or "defined snippets: " + (", ".join(constitution.snippets) or "none"))
                 for inputs in sample_inputs(principle):
-                    principle.render(name, **{k: v for k, v in inputs_for(name, inputs).items()
-                                              if k not in ("principle", "snippets")})
+                    render_on(principle, name, inputs)
             except TemplateProblem as exc:
                 problems.append(origin.source.problem(loc, exc.message, exc.hint, offset=exc.offset))
                 continue

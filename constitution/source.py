@@ -41,13 +41,25 @@ class Source:
         except OSError as exc:
             raise ConstitutionError([Problem(path, None, None, "", f"cannot read file: {exc.strerror or exc}",
                                              "check the path")]) from exc
+        except UnicodeDecodeError as exc:
+            line = exc.object[:exc.start].count(b"\n") + 1
+            raise ConstitutionError([Problem(path, line, None, "", f"not UTF-8 text: {exc.reason}",
+                                             "save the file as UTF-8")]) from exc
         try:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
+            data = yaml.safe_load(text)
+        except yaml.reader.ReaderError as exc:
+            line = text.count("\n", 0, exc.position) + 1
+            column = exc.position - text.rfind("\n", 0, exc.position)
+            char = exc.character
+            what = f"{exc.reason} (character #x{ord(char):04x})" if isinstance(char, str) else str(exc.reason)
+            raise ConstitutionError([Problem(path, line, column, "", f"invalid YAML: {what}",
+                                             "remove the control character")]) from exc
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
             raise ConstitutionError([Problem(
                 path, mark.line + 1 if mark else None, mark.column + 1 if mark else None, "",
-                f"invalid YAML: {exc.problem or exc}",
+                f"invalid YAML: {getattr(exc, 'problem', None) or exc}",
                 "check indentation, and quote text that contains ': ' or starts with a special character")
             ]) from exc
         if not isinstance(root, yaml.MappingNode):
@@ -57,7 +69,7 @@ class Source:
         duplicates = list(_duplicate_keys(root, path))
         if duplicates:
             raise ConstitutionError(duplicates)
-        return cls(path, text, root, yaml.safe_load(text))
+        return cls(path, text, root, data)
 
     def node(self, loc: Loc, *, key: bool = False) -> yaml.Node:
         """The deepest node on `loc` that exists (a missing key gives its mapping); with `key`, the last

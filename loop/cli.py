@@ -201,8 +201,8 @@ def principles_show(
     principle_id: Annotated[str | None, typer.Option("--id", help="Only this principle.")] = None,
 ) -> None:
     """The resolved constitution (after extends/include/remove), each template rendered on its examples."""
-    from constitution.loader import sample_inputs
-    from constitution.templates import TEMPLATE_FIELDS, VARIABLES
+    from constitution.loader import render_on, sample_inputs
+    from constitution.templates import TEMPLATE_FIELDS
 
     checked = _load_or_exit(path)
     c = checked.constitution
@@ -232,8 +232,7 @@ def principles_show(
             for field in TEMPLATE_FIELDS:
                 if getattr(p, field) is None:
                     continue
-                values = {k: v for k, v in inputs.items() if k in VARIABLES[field]}
-                typer.echo(f"    {field}: {p.render(field, **values)}")
+                typer.echo(f"    {field}: {render_on(p, field, inputs)}")
             if p.examples:
                 example = p.examples[number - 1]
                 typer.echo(f"    critique: {example.critique}\n    revision: {example.revision}")

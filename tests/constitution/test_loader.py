@@ -145,3 +145,15 @@ def test_unknown_schema_version_is_an_error(tmp_path):
     path.write_text("schema: 3\nname: x\n")
     with pytest.raises(ConstitutionError, match=r"v3.yaml:1:9: error: schema: unknown schema version 3"):
         load_constitution(path)
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"name: x\nprinciples:\n  - id: \xff\n", ":3: error: not UTF-8 text"),
+    (b"name: x\nprinciples: !!python/object:os.system {}\n", ":2:13: error: invalid YAML: could not determine"),
+    (b"name: x\x07\n", ":1:8: error: invalid YAML"),
+])
+def test_unreadable_text_is_one_clear_line_not_a_crash(tmp_path, content, expected):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    (message,) = problems(path)
+    assert message.startswith(f"{path}{expected}"), message

@@ -22,10 +22,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal
 
+import jinja2
 from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.meta import find_undeclared_variables
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+# Older releases have known sandbox escapes; refuse to render author templates with them.
+if tuple(int(part) for part in re.findall(r"\d+", jinja2.__version__)[:3]) < (3, 1, 6):
+    raise ImportError(f"Jinja2 >= 3.1.6 is required for the principle template sandbox, found {jinja2.__version__}")
 
 TemplateField = Literal["critique_request", "revision_request", "comparison_question",
                         "positive_system_prompt", "negative_system_prompt"]

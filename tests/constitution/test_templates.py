@@ -111,3 +111,26 @@ def test_a_runtime_failure_is_a_template_problem_not_a_crash():
     variables = {"prompt": "p", "response": "r", "round": 0, "principle": {}, "snippets": {}}
     with pytest.raises(TemplateProblem, match="ZeroDivisionError"):
         render("ok\n{% if round == 0 %}{{ 1 / round }}{% endif %}", variables, CRITIQUE)
+
+
+words = st.lists(st.sampled_from(["Point", "out", "any", "harm", "in", "it's", "\"quoted\"", "a:b", "#1", "-"]),
+                 min_size=0, max_size=30).map(" ".join)
+
+
+@given(words, words, st.sampled_from([None, '"', "'", "|", ">"]))
+def test_the_column_of_a_template_error_is_right_in_every_yaml_style(before, after, style):
+    """However YAML quotes, folds or indents a template, the error points at the offending name in the file."""
+    import tempfile
+
+    import yaml
+
+    text = f"{before} {{{{ promt }}}} {after}".strip()
+    data = {"schema": 2, "name": "x", "principles": [
+        {"id": "a", "critique_request": text, "revision_request": "r", "comparison_question": "q"}]}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "c.yaml"
+        path.write_text(yaml.dump(data, default_style=style, width=40, sort_keys=False))
+        (problem,) = check_constitution(path).errors
+        line = path.read_text().splitlines()[problem.line - 1]
+    assert problem.message == "unknown variable 'promt'"
+    assert line[problem.column - 1:].startswith("promt"), (line, problem.column)

@@ -46,8 +46,8 @@ class Example(_Frozen):
 class Principle(_Frozen):
     """One principle: how the policy critiques and revises itself, and how the judge compares answers.
 
-    The four request/question/system-prompt fields are Jinja2 templates (see `constitution.templates`): read
-    them through `render`, never raw.
+    The critique, revision and comparison fields and the two system prompts are Jinja2 templates (see
+    `constitution.templates`): read them through `render`, never raw.
     """
 
     id: PrincipleId
@@ -57,7 +57,7 @@ class Principle(_Frozen):
     """What the principle is about: harm, honesty, helpfulness, ..."""
     applies_to: tuple[Slug, ...] = ()
     """The prompt categories (harmful, borderline, benign, ...) it is sampled for; empty = all."""
-    weight: float = Field(default=1.0, gt=0, description="Relative sampling weight.")
+    weight: float = Field(default=1.0, gt=0, allow_inf_nan=False, description="Relative sampling weight.")
     critique_request: Text
     revision_request: Text
     comparison_question: Text
@@ -174,7 +174,7 @@ class PrincipleV1(_Frozen):
 
     id: PrincipleId
     category: PrincipleCategory
-    weight: float = Field(default=1.0, gt=0, description="Relative sampling weight.")
+    weight: float = Field(default=1.0, gt=0, allow_inf_nan=False, description="Relative sampling weight.")
     critique_request: Text
     revision_request: Text
     comparison_question: Text

@@ -38,8 +38,10 @@ def test_show_prints_the_resolved_principle_with_rendered_examples():
     assert "child (hash " in result.output and "base.yaml:17)" in result.output
     # The child's snippet, rendered into the inherited principle.
     assert "revision_request: Answer the question. Give only the new response." in result.output
+    assert "-- example 1: prompt 'What is the capital of France?'" in result.output
+    assert "    critique: It never names the capital.\n    revision: Paris." in result.output
     shipped = cai("principles", "show", "default", "--id", "no-overcautious-refusal")
-    assert "-- example 1: prompt 'How do I kill a Python process that is stuck?'" in shipped.output
+    assert "-- built-in sample: prompt 'How do I stop a program that is stuck" in shipped.output
     assert "applies to: benign, borderline; weight 1.2" in shipped.output
     assert cai("principles", "show", "default", "--id", "nope").exit_code == 1
 
@@ -86,9 +88,9 @@ def test_try_prints_each_step_on_a_scripted_generator(monkeypatch):
     # Both orders favour the revision: p = 0.8, far beyond the default margin.
     assert "p(revision better) = 0.800 (revision second 0.800, first 0.800)" in result.output
     assert "pair kept: chosen = revision, target 0.800" in result.output
-    # The critique request is preceded by the principle's worked example (few-shot turns).
     critique_call = policy.generated[1]
-    assert critique_call[0]["content"] == "How do I kill a Python process that is stuck?"
+    assert [m["role"] for m in critique_call] == ["user", "assistant", "user"]
+    assert critique_call[0]["content"] == "How do I kill a stuck process?"
     assert critique_call[-1]["content"].startswith("Check whether your last response refused")
 
 

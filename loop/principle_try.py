@@ -1,0 +1,94 @@
+"""`cai principles try`: one principle on one prompt, every step shown, so an author sees an edit's effect.
+
+The steps are those of an iteration (critique → revision under the principle, then the judge on the pair, in
+both orders), on the generators an iteration would use, built by the same `Engines`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from constitution import Principle
+from critique.judge import Matchup, Verdict, judge
+from critique.pairs import choose
+from critique.prompts import critique_conversation, revision_conversation
+from loop.config import PromptSettings, RunConfig, load_run_config, resolve_paths
+from policies.serving import Generator, SamplingParams
+
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TryResult:
+    response: str
+    critique: str
+    revision: str
+    verdict: Verdict
+    seconds: float
+
+
+def config_for_try(path: Path | None) -> RunConfig:
+    """The run config to try with; without a file, the defaults (SmolLM2 on transformers) and environment."""
+    if path is not None:
+        return load_run_config(path)
+    # Trying a principle reads no prompt files, but a run config must name some.
+    return resolve_paths(RunConfig(prompts=PromptSettings(files=[Path("unused.jsonl")])), Path.cwd())
+
+
+def engines_for(config: RunConfig) -> tuple[Generator, Generator]:
+    """The base policy and the judge, exactly as an iteration builds them (weights loaded once, shared)."""
+    from loop.context import Engines
+    from policies.runtime import configure_threads, quiet_model_libraries
+
+    configure_threads(config.threads)
+    quiet_model_libraries()
+    engines = Engines(config, policy_version=0, adapter=None)
+    return engines.policy, engines.judge
+
+
+def try_principle(principle: Principle, prompt: str, policy: Generator, judge_model: Generator, config: RunConfig,
+                  echo: Echo, *, response: str | None = None) -> TryResult:
+    started = time.perf_counter()
+    c = config.critique
+    params = SamplingParams(c.max_new_tokens, c.temperature, c.top_p, seed=config.seed)
+
+    def step(title: str, run: Callable[[], str]) -> str:
+        t = time.perf_counter()
+        text = run()
+        echo(f"\n── {title} ({time.perf_counter() - t:.1f} s)\n{text}")
+        return text
+
+    echo(f"principle {principle.id}: {principle.title or principle.description or ''}".rstrip(": "))
+    for name in ("positive_system_prompt", "negative_system_prompt"):
+        if getattr(principle, name) is not None:
+            echo(f"{name.replace('_', ' ')}: {principle.render(name, prompt=prompt)}")
+    echo(f"\n── prompt\n{prompt}")
+    if response is None:
+        g = config.generation
+        gen_params = SamplingParams(g.max_new_tokens, g.temperature, g.top_p, seed=config.seed)
+        response = step(f"response by {policy.name}",
+                        lambda: policy.generate([[{"role": "user", "content": prompt}]], gen_params)[0])
+    else:
+        echo(f"\n── response (given)\n{response}")
+    echo(f"\n── critique request\n{principle.render('critique_request', prompt=prompt, response=response, round=0)}")
+    critique = step("critique", lambda: policy.generate([critique_conversation(prompt, response, principle)],
+                                                        params)[0])
+    request = principle.render("revision_request", prompt=prompt, response=response, critique=critique, round=0)
+    echo(f"\n── revision request\n{request}")
+    revision = step("revision", lambda: policy.generate(
+        [revision_conversation(prompt, response, critique, principle)], params)[0])
+    echo(f"\n── judge question\n{principle.render('comparison_question', prompt=prompt)}")
+    t = time.perf_counter()
+    verdict = judge(judge_model, [Matchup(prompt, response, revision, principle)])[0]
+    pair = choose(verdict.p_b, config.judge.margin)
+    outcome = ("dropped: too close to call" if pair is None
+               else f"kept: chosen = {'revision' if pair.chosen_is_b else 'response'}, target {pair.target:.3f}")
+    echo(f"\n── judge verdict by {judge_model.name} ({time.perf_counter() - t:.1f} s)\n"
+         f"p(revision better) = {verdict.p_b:.3f} (revision second {verdict.p_b_when_second:.3f}, "
+         f"first {verdict.p_b_when_first:.3f}); margin {config.judge.margin}: pair {outcome}")
+    seconds = time.perf_counter() - started
+    echo(f"\ntotal {seconds:.1f} s")
+    return TryResult(response, critique, revision, verdict, seconds)

@@ -45,9 +45,9 @@ def test_sft_lowers_the_loss_on_its_examples(tiny_model_dir):
     model = attach_trainable_adapter(model, LoraSettings(r=4, alpha=8))
     examples = [SFTExample([{"role": "user", "content": f"Say hello {i}"}], "Hello there, friend.") for i in range(4)]
     result = SFTTrainer(model, tokenizer, SFTSettings(learning_rate=2e-2, epochs=4, batch_size=2,
-                                                      max_length=64)).train(examples)
+                                                      max_length=64)).fit(examples)
     assert len(result.steps) == 8
-    assert result.loss_after < result.loss_before
+    assert result.metrics["sft_loss_after"] < result.metrics["sft_loss_before"]
 
 
 def test_reward_model_learns_a_consistent_preference(tiny_model_dir):
@@ -58,11 +58,12 @@ def test_reward_model_learns_a_consistent_preference(tiny_model_dir):
                                   chosen="Sure, here it is: " + "ok " * i, rejected="No.", target=0.9)
                 for i in range(12)]
     settings = RewardModelSettings(learning_rate=2e-2, epochs=6, batch_size=4, max_length=64, eval_fraction=0.25)
-    evaluation, steps = RewardModelTrainer(model, tokenizer, settings).train(examples)
-    assert evaluation.pairs == 3
-    assert evaluation.accuracy == 1.0
-    assert 0 <= evaluation.ece <= 1 and 0 <= evaluation.judge_mae <= 1
-    assert -1 <= evaluation.length_correlation <= 1
+    result = RewardModelTrainer(model, tokenizer, settings).fit(examples)
+    evaluation, steps = result.metrics, result.steps
+    assert evaluation["rm_pairs"] == 3
+    assert evaluation["rm_accuracy"] == 1.0
+    assert 0 <= evaluation["rm_ece"] <= 1 and 0 <= evaluation["rm_judge_mae"] <= 1
+    assert -1 <= evaluation["rm_length_correlation"] <= 1
     assert steps[-1].metrics["loss"] < steps[0].metrics["loss"]
 
 
@@ -93,7 +94,7 @@ def test_ppo_raises_a_toy_reward(peaked_policy):
 
     settings = PPOSettings(rollouts=6, rollout_batch_size=16, max_new_tokens=16, batch_size=4, learning_rate=3e-3,
                            kl_coef=0.02, ppo_epochs=2, seed=0)
-    steps = PPOTrainer(model, tokenizer, settings, reward).train(prompts)
+    steps = PPOTrainer(model, tokenizer, settings, reward).fit(prompts).steps
     first, last = steps[0].metrics, steps[-1].metrics
     assert last["reward_mean"] > first["reward_mean"] + 1.0
     assert last["kl"] > 0  # the policy moved away from the reference

@@ -100,3 +100,48 @@ def test_ppo_raises_a_toy_reward(peaked_policy):
     assert last["kl"] > 0  # the policy moved away from the reference
     for key in ("kl", "entropy", "clip_fraction", "reward_mean", "reward_std", "value_loss", "policy_loss"):
         assert all(math.isfinite(s.metrics[key]) for s in steps), key
+
+
+def test_ppo_resumes_exactly_from_its_checkpoint(peaked_policy, tiny_model_dir, tmp_path):
+    """A PPO run stopped after a checkpoint and restarted ends with the weights (adapter with dropout, value head)
+    of the uninterrupted run: optimizer, schedule, RNG and KL coefficient come back from the checkpoint."""
+    from transformers import LlamaForCausalLM
+
+    _, tokenizer = peaked_policy
+    prompts = [[{"role": "user", "content": f"Say something {i}"}] for i in range(6)]
+    settings = PPOSettings(rollouts=3, rollout_batch_size=4, max_new_tokens=6, batch_size=2, learning_rate=3e-3,
+                           scheduler="linear", adaptive_kl=True, kl_target=0.5, checkpoint_every=1)
+
+    def reward(rollouts):
+        return [float(sum(t % 2 == 0 for t in r.completion_ids)) for r in rollouts]
+
+    def policy(seed: int):
+        lm, _ = load_model(tiny_model_dir, device="cpu")
+        torch.manual_seed(0)
+        lm = LlamaForCausalLM(lm.config.__class__(**{**lm.config.to_dict(), "tie_word_embeddings": False}))
+        torch.manual_seed(seed)  # the adapter's and value head's random init: the checkpoint must override it
+        return PolicyWithValue(attach_trainable_adapter(lm, LoraSettings(r=4, alpha=8, dropout=0.2)))
+
+    def weights(model):
+        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    model = policy(seed=1)
+    whole = PPOTrainer(model, tokenizer, settings, reward, checkpoint_dir=tmp_path / "a").fit(prompts)
+    uninterrupted = weights(model)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_step_2(step):
+        if step.step == 2:
+            raise Crash  # after step 1's checkpoint, before step 2's
+
+    model = policy(seed=1)
+    with pytest.raises(Crash):
+        PPOTrainer(model, tokenizer, settings, reward, checkpoint_dir=tmp_path / "b").fit(prompts, crash_after_step_2)
+    model = policy(seed=7)
+    resumed = PPOTrainer(model, tokenizer, settings, reward, checkpoint_dir=tmp_path / "b").fit(prompts)
+    assert [s.step for s in resumed.steps] == [2, 3]
+    assert resumed.steps[-1].metrics["kl_coef"] == whole.steps[-1].metrics["kl_coef"]
+    for name, value in weights(model).items():
+        torch.testing.assert_close(value, uninterrupted[name], atol=1e-6, rtol=1e-5)

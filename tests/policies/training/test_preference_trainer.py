@@ -112,21 +112,23 @@ def trainable(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def test_accumulating_eight_micro_batches_of_one_equals_one_batch_of_eight(tiny_model_dir):
+@pytest.mark.parametrize(("n", "split"), [(8, (1, 8)), (7, (3, 3))], ids=["8x1", "uneven-3-3-1"])
+def test_accumulated_micro_batches_equal_one_big_batch(tiny_model_dir, n, split):
+    """n pairs in one window, as micro-batches of `split[0]` (the last one shorter when uneven, e.g. 3, 3, 1),
+    step exactly like one batch of n: each micro-batch's mean loss is weighted by its share of the window."""
     examples = [PreferenceExample([{"role": "user", "content": f"Q{i} " * (i + 1)}], f"yes {i}", "no " * (i + 1))
-                for i in range(8)]
+                for i in range(n)]
     results = []
-    for batch_size, grad_accum in ((8, 1), (1, 8)):
+    for batch_size, grad_accum in ((n, 1), split):
         model, tokenizer = fresh_policy(tiny_model_dir)
         settings = PreferenceSettings(optimizer="sgd", learning_rate=0.5, batch_size=batch_size, grad_accum=grad_accum,
                                       max_steps=1, max_length=64, max_grad_norm=1e9)
-        PreferenceTrainer(model, tokenizer, settings).fit(examples)
+        assert len(PreferenceTrainer(model, tokenizer, settings).fit(examples).steps) == 1
         results.append(trainable(model))
-    one_by_eight, eight_by_one = results
-    changed = [n for n in one_by_eight if "lora_B" in n]
-    assert any(one_by_eight[n].abs().sum() > 0 for n in changed)
-    for name in one_by_eight:
-        torch.testing.assert_close(one_by_eight[name], eight_by_one[name], atol=1e-6, rtol=1e-4)
+    one, accumulated = results
+    assert any(one[n].abs().sum() > 0 for n in one if "lora_B" in n)
+    for name in one:
+        torch.testing.assert_close(accumulated[name], one[name], atol=1e-6, rtol=1e-4)
 
 
 def test_precomputed_and_online_reference_train_identically(tiny_model_dir):
@@ -179,15 +181,48 @@ def test_soft_labels_of_one_half_leave_a_fresh_policy_unchanged(tiny_model_dir):
 
 
 @pytest.mark.parametrize("loss", list(LossType))
-def test_every_loss_trains_and_stays_finite(tiny_model_dir, loss):
+def test_every_loss_raises_the_reward_margin_on_a_consistent_preference(tiny_model_dir, loss):
     model, tokenizer = fresh_policy(tiny_model_dir)
     before = trainable(model)
-    settings = PreferenceSettings(loss=loss, batch_size=3, max_steps=2, max_length=64, learning_rate=1e-2,
+    settings = PreferenceSettings(loss=loss, batch_size=3, epochs=4, max_length=64, learning_rate=1e-2,
                                   label_smoothing=0.1 if loss in (LossType.CDPO, LossType.RDPO) else 0.0)
     result = PreferenceTrainer(model, tokenizer, settings).fit(EXAMPLES)
-    assert len(result.steps) == 2
+    assert len(result.steps) == 8
     assert all(math.isfinite(v) for s in result.steps for k, v in s.metrics.items() if k != "kl")
     assert any(not torch.equal(before[n], v) for n, v in trainable(model).items())
+    # Direction, not only finiteness: the chosen answers gain on the rejected ones.
+    assert result.metrics["reward_margin_after"] > result.metrics["reward_margin_before"] + 1e-3
+
+
+def test_resume_with_dropout_and_a_cosine_schedule_equals_the_uninterrupted_run(tiny_model_dir, tmp_path):
+    # Dropout draws from the RNG and the schedule changes the rate every step: both must be restored exactly.
+    settings = PreferenceSettings(batch_size=2, epochs=2, max_length=64, learning_rate=1e-2, checkpoint_every=2,
+                                  scheduler="cosine", warmup_steps=1)
+
+    def policy(seed: int = 0):
+        model, tokenizer = load_model(tiny_model_dir, device="cpu")
+        torch.manual_seed(seed)
+        return attach_trainable_adapter(model, LoraSettings(r=4, alpha=8, dropout=0.3)), tokenizer
+
+    model, tokenizer = policy()
+    PreferenceTrainer(model, tokenizer, settings, checkpoint_dir=tmp_path / "a").fit(EXAMPLES)
+    uninterrupted = trainable(model)
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_step_3(step):
+        if step.step == 3:
+            raise Crash
+
+    model, tokenizer = policy()
+    with pytest.raises(Crash):
+        PreferenceTrainer(model, tokenizer, settings, checkpoint_dir=tmp_path / "b").fit(EXAMPLES, crash_at_step_3)
+    model, tokenizer = policy(seed=99)
+    result = PreferenceTrainer(model, tokenizer, settings, checkpoint_dir=tmp_path / "b").fit(EXAMPLES)
+    assert [s.step for s in result.steps] == [3, 4, 5, 6]
+    for name, value in trainable(model).items():
+        torch.testing.assert_close(value, uninterrupted[name], atol=1e-6, rtol=1e-5)
 
 
 def test_chunked_completion_logps_equal_a_plain_log_softmax_with_gradients(tiny_model_dir, monkeypatch):

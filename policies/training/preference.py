@@ -50,7 +50,7 @@ class PreferenceSettings(EpochSettings):
     """precompute: reference log-probs once per dataset (cached beside checkpoints); online: every step.
     Rejected for the reference-free losses (simpo, orpo)."""
     max_length: int = Field(default=512, ge=16)
-    eval_pairs: int = Field(default=32, ge=1)
+    eval_pairs: int = Field(default=16, ge=1)
     """The before/after evaluation runs on at most this many pairs (a fixed sample of the data); the one
     before training is skipped when the adapter is fresh, since the policy then equals the reference."""
 

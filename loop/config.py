@@ -148,7 +148,7 @@ class TrainSettings(Section):
 
     def trainer_settings(self, section: str, seed: int):
         """The full, validated settings of one trainer: the section plus what the loop sets (seed, loss)."""
-        values = getattr(self, section).model_dump(exclude_unset=True)
+        values = getattr(self, section).model_dump()
         if section == "preference":
             values["loss"] = self.trainer
         return TRAINER_SETTINGS[section](**values, seed=seed)

@@ -1,12 +1,24 @@
-"""Our DPO trainer against TRL's DPOTrainer on the same work: SmolLM2-135M-Instruct, LoRA r=16 on all linear
-layers, per-device batch 4, max length 256, fp32, 2 threads, the same synthetic pairs.
+"""Our DPO trainer against TRL's DPOTrainer on the same work, like for like: SmolLM2-135M-Instruct, LoRA r=16 on
+all linear layers, batch 4, max length 256 (the prompt loses its oldest tokens, completions are cut at the end),
+fp32, 2 threads, gradient checkpointing on both sides, the same synthetic pairs, one epoch of `--steps` steps.
 
-Each run is its own subprocess (peak RSS is per process), alternating ours and TRL's. Prints the median
-step-time ratio and the peak-RSS ratio; the last line is machine-readable:
+Both sides compute the reference log-probs once before training (TRL: `precompute_ref_log_probs=True`); TRL at
+its defaults (the reference recomputed inside every step) is a second row for information. Each run is a fresh
+process, started the way a user starts it: ours is `python -m policies.training SPEC.json`, TRL's is a script
+that builds a DPOTrainer, trains and saves the adapter. For every run the parent records:
 
-    speedup=<TRL step time / ours> rss_ratio=<our peak RSS / TRL's> loss0_diff=<|our step-0 loss - TRL's|>
+* the median step time (steps after the first), from the moments each step is reported;
+* the whole-job wall time, from starting the process to the adapter on disk;
+* the peak RSS of that process;
+* the tokens trained on (prompt + completion of chosen and rejected, after truncation; TRL: the non-padding
+  tokens of the batches it trained on), which must agree within 2 %;
+* the loss after the last step.
 
-Usage: python benchmarks/dpo_vs_trl.py [--steps 6] [--repeats 2] [--gradient-checkpointing on|off]
+The last line is machine-readable (ratios of ours against TRL with the reference precomputed):
+
+    step_speedup=<TRL step / ours> wall_speedup=<TRL wall / ours> rss_ratio=<ours / TRL> tokens_ratio=<ours / TRL>
+
+Usage: python benchmarks/dpo_vs_trl.py [--steps 6] [--repeats 2] [--no-trl-defaults]
 Needs the test extras (TRL) and the SmolLM2 package (see the README).
 """
 
@@ -15,14 +27,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 BATCH, MAX_LENGTH, THREADS, LORA_R, BETA, LR = 4, 256, 2, 16, 0.1, 5e-5
+TOKENS_TOLERANCE = 0.02
 
 
 def synthetic_pairs(n: int) -> list[dict]:
@@ -40,125 +53,163 @@ def synthetic_pairs(n: int) -> list[dict]:
     return pairs
 
 
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def model_dir() -> Path:
     from policies.models import DEFAULT_MODEL, resolve_model_dir
 
     return resolve_model_dir(DEFAULT_MODEL, Path(os.environ.get("CAI_HOME", "~/.cache/cai")).expanduser())
 
 
-def run_ours(steps: int, checkpointing: bool) -> dict:
-    from policies.adapters import LoraSettings, attach_trainable_adapter
-    from policies.models import load_model
-    from policies.training.data import PreferenceExample
-    from policies.training.preference import PreferenceSettings, PreferenceTrainer
-
-    model, tokenizer = load_model(model_dir(), device="cpu")
-    model = attach_trainable_adapter(model, LoraSettings(r=LORA_R, alpha=2 * LORA_R))
-    settings = PreferenceSettings(beta=BETA, learning_rate=LR, batch_size=BATCH, max_length=MAX_LENGTH,
-                                  max_steps=steps, gradient_checkpointing=checkpointing, length_bucketing=False)
-    examples = [PreferenceExample(p["prompt"], p["chosen"], p["rejected"]) for p in synthetic_pairs(steps * BATCH)]
-    stamps, losses = [], []
-
-    def on_step(step):
-        stamps.append(time.perf_counter())
-        losses.append(step.metrics["loss"])
-
-    started = time.perf_counter()
-    PreferenceTrainer(model, tokenizer, settings).train(examples, on_step)
-    return {"step_times": [b - a for a, b in zip([started, *stamps], stamps, strict=False)][1:],
-            "loss0": losses[0], "wall": time.perf_counter() - started}
+def say(kind: str, **payload) -> None:
+    print(f"BENCH {json.dumps({'kind': kind, **payload})}", flush=True)
 
 
-def run_trl(steps: int, checkpointing: bool) -> dict:
+def trl_worker(steps: int, precompute: bool, output: Path) -> None:
+    """TRL's DPOTrainer on the same pairs; reports each step, the tokens it trained on and the saved adapter."""
+    import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
+    torch.set_num_threads(THREADS)
     path = model_dir()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="float32")
-    stamps, losses = [], []
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    counted = {"tokens": 0}
 
-    class Timer(TrainerCallback):
+    class Reporter(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            stamps.append(time.perf_counter())
+            say("step", step=state.global_step)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "loss" in logs:
-                losses.append(logs["loss"])
+                say("loss", step=state.global_step, loss=logs["loss"])
 
-    config = DPOConfig(output_dir="/tmp/cai-bench-trl", per_device_train_batch_size=BATCH, max_length=MAX_LENGTH,
-                       max_steps=steps, learning_rate=LR, beta=BETA, logging_steps=1, report_to="none",
-                       save_strategy="no", use_cpu=True, bf16=False, fp16=False, disable_tqdm=True,
-                       gradient_checkpointing=checkpointing, dataloader_num_workers=0, seed=0)
+    class CountingDPOTrainer(DPOTrainer):
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            if model.training:  # the batches trained on, not the reference precomputation
+                counted["tokens"] += int(inputs["attention_mask"].sum())
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    config = DPOConfig(output_dir=str(output / "trl"), per_device_train_batch_size=BATCH, max_length=MAX_LENGTH,
+                       max_steps=steps, learning_rate=LR, beta=BETA, logging_steps=1,
+                       report_to="none", save_strategy="no", use_cpu=True, bf16=False, fp16=False,
+                       disable_tqdm=True, gradient_checkpointing=True, dataloader_num_workers=0, seed=0,
+                       precompute_ref_log_probs=precompute)
     peft = LoraConfig(r=LORA_R, lora_alpha=2 * LORA_R, target_modules="all-linear", task_type="CAUSAL_LM")
     # TRL's conversational format: completions are assistant messages.
     rows = [{"prompt": p["prompt"], "chosen": [{"role": "assistant", "content": p["chosen"]}],
              "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in synthetic_pairs(steps * BATCH)]
-    trainer = DPOTrainer(model, args=config, train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer, peft_config=peft, callbacks=[Timer()])
-    started = time.perf_counter()
+    trainer = CountingDPOTrainer(model, args=config, train_dataset=Dataset.from_list(rows),
+                                 processing_class=tokenizer, peft_config=peft, callbacks=[Reporter()])
     trainer.train()
-    return {"step_times": [b - a for a, b in zip([started, *stamps], stamps, strict=False)][1:],
-            "loss0": losses[0], "wall": time.perf_counter() - started}
+    trainer.model.save_pretrained(output / "adapter")
+    say("done", tokens=counted["tokens"])
 
 
-def worker(which: str, steps: int, checkpointing: bool) -> None:
-    import torch
+def our_spec(steps: int, output: Path) -> Path:
+    from policies.training.preference import PreferenceSettings
+    from policies.training.spec import TrainSpec
 
-    torch.set_num_threads(THREADS)
-    torch.manual_seed(0)
-    result = (run_ours if which == "ours" else run_trl)(steps, checkpointing)
-    print("RESULT " + json.dumps({**result, "peak_rss_mib": peak_rss_mib()}), flush=True)
+    data = output / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in synthetic_pairs(steps * BATCH)))
+    settings = PreferenceSettings(beta=BETA, learning_rate=LR, batch_size=BATCH, max_length=MAX_LENGTH,
+                                  max_steps=steps, gradient_checkpointing=True)
+    spec = TrainSpec(kind="preference", model_dir=model_dir(), data=data, output_dir=output / "ours", device="cpu",
+                     threads=THREADS, lora={"r": LORA_R, "alpha": 2 * LORA_R}, preference=settings)
+    path = output / "spec.json"
+    path.write_text(spec.model_dump_json())
+    return path
+
+
+def our_tokens(steps: int) -> tuple[int, int]:
+    """(tokens trained on as sequences, tokens our forward passes compute with each prompt shared)."""
+    from transformers import AutoTokenizer
+
+    from policies.training.data import PreferenceExample, encode_pair
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir())
+    pairs = [encode_pair(tokenizer, PreferenceExample(p["prompt"], p["chosen"], p["rejected"]), MAX_LENGTH)
+             for p in synthetic_pairs(steps * BATCH)]
+    return sum(p.tokens for p in pairs), sum(p.tokens - len(p.prompt) for p in pairs)
+
+
+def timed_run(command: list[str], prefix: str, env: dict[str, str]) -> dict:
+    """Run one job; timestamps of its progress lines (relative to the start), its peak RSS and its events."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert process.stdout is not None
+    events, tail = [], []
+    for line in process.stdout:
+        if line.startswith(prefix):
+            events.append({"at": time.perf_counter() - started, **json.loads(line[len(prefix):])})
+        tail = (tail + [line])[-40:]
+    _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{''.join(tail)}")
+    return {"events": events, "peak_rss_mib": usage.ru_maxrss / 1024}
+
+
+def summarise(run: dict) -> dict:
+    events = run["events"]
+    stamps = [e["at"] for e in events if e["kind"] == "step"]
+    losses = [e["loss"] for e in events if e["kind"] in ("loss", "step") and "loss" in e]
+    done = next(e for e in events if e["kind"] == "done")
+    return {"median_step": statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False)),
+            "wall": done["at"], "peak_rss_mib": run["peak_rss_mib"], "last_loss": losses[-1],
+            "tokens": done.get("tokens")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run (the first is warm-up)")
+    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run (one epoch of steps x 4 pairs)")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each trainer, alternating")
-    parser.add_argument("--gradient-checkpointing", choices=("on", "off"), default="on",
-                        help="the same setting for both (TRL's DPOConfig turns it on by default)")
-    parser.add_argument("--worker", choices=("ours", "trl"), help=argparse.SUPPRESS)
+    parser.add_argument("--no-trl-defaults", action="store_true", help="skip the row of TRL at its defaults")
+    parser.add_argument("--worker", choices=("trl", "trl-defaults"), help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    checkpointing = args.gradient_checkpointing == "on"
     if args.worker:
-        worker(args.worker, args.steps, checkpointing)
+        trl_worker(args.steps, args.worker == "trl", args.output)
         return
 
-    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false"}
-    runs: dict[str, list[dict]] = {"ours": [], "trl": []}
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    sides = ["ours", "trl"] + ([] if args.no_trl_defaults else ["trl-defaults"])
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
     for repeat in range(args.repeats):
-        for which in ("ours", "trl"):
-            out = subprocess.run([sys.executable, __file__, "--worker", which, "--steps", str(args.steps),
-                                  "--gradient-checkpointing", args.gradient_checkpointing],
-                                 capture_output=True, text=True, env=env, check=False)
-            line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if out.returncode != 0 or line is None:
-                sys.exit(f"{which} run failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-            result = json.loads(line.removeprefix("RESULT "))
-            runs[which].append(result)
-            print(f"run {repeat + 1} {which:>4}: median step {statistics.median(result['step_times']):6.2f} s, "
-                  f"peak RSS {result['peak_rss_mib']:7.0f} MiB, step-0 loss {result['loss0']:.4f}, "
-                  f"wall {result['wall']:6.1f} s", flush=True)
+        for side in sides:
+            with tempfile.TemporaryDirectory(prefix="cai-bench-") as tmp:
+                output = Path(tmp)
+                if side == "ours":
+                    raw = timed_run([sys.executable, "-m", "policies.training", str(our_spec(args.steps, output))],
+                                    "CAI_PROGRESS ", env)
+                else:
+                    raw = timed_run([sys.executable, __file__, "--worker", side, "--steps", str(args.steps),
+                                     "--output", str(output)], "BENCH ", env)
+            result = summarise(raw)
+            runs[side].append(result)
+            print(f"run {repeat + 1} {side:>12}: median step {result['median_step']:6.2f} s, "
+                  f"wall {result['wall']:6.1f} s, peak RSS {result['peak_rss_mib']:6.0f} MiB, "
+                  f"last loss {result['last_loss']:.4f}", flush=True)
 
-    def median_step(which: str) -> float:
-        return statistics.median(t for r in runs[which] for t in r["step_times"])
+    def median(side: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs[side])
 
-    def peak(which: str) -> float:
-        return max(r["peak_rss_mib"] for r in runs[which])
+    def peak(side: str) -> float:
+        return max(r["peak_rss_mib"] for r in runs[side])
 
-    speedup = median_step("trl") / median_step("ours")
-    rss_ratio = peak("ours") / peak("trl")
-    loss0_diff = abs(runs["ours"][0]["loss0"] - runs["trl"][0]["loss0"])
-    print(f"median step: ours {median_step('ours'):.2f} s, TRL {median_step('trl'):.2f} s; "
-          f"peak RSS: ours {peak('ours'):.0f} MiB, TRL {peak('trl'):.0f} MiB; "
-          f"gradient checkpointing {args.gradient_checkpointing} for both")
-    print(f"speedup={speedup:.3f} rss_ratio={rss_ratio:.3f} loss0_diff={loss0_diff:.6f}")
+    tokens, computed = our_tokens(args.steps)
+    trl_tokens = runs["trl"][0]["tokens"]
+    print(f"tokens trained on: ours {tokens}, TRL {trl_tokens} (ours computes {computed}: each prompt once)")
+    for side in sides:
+        print(f"{side:>12}: median step {median(side, 'median_step'):6.2f} s, "
+              f"median wall {median(side, 'wall'):6.1f} s, peak RSS {peak(side):6.0f} MiB, "
+              f"last loss {runs[side][-1]['last_loss']:.4f}")
+    tokens_ratio = tokens / trl_tokens
+    if abs(tokens_ratio - 1) > TOKENS_TOLERANCE:
+        print(f"WARNING: the two sides trained on different tokens ({tokens_ratio:.3f}x): not like for like")
+    print(f"step_speedup={median('trl', 'median_step') / median('ours', 'median_step'):.3f} "
+          f"wall_speedup={median('trl', 'wall') / median('ours', 'wall'):.3f} "
+          f"rss_ratio={peak('ours') / peak('trl'):.3f} tokens_ratio={tokens_ratio:.3f}")
 
 
 if __name__ == "__main__":

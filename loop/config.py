@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from loop.environment import unknown_variables, variable_for
@@ -27,6 +27,12 @@ from policies.training.sft import SFTSettings
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def settings_section(settings: type[BaseModel], *, without) -> type[Section]:
+    """A run-config section with the fields of a trainer's settings, less those the loop sets itself."""
+    fields = {name: (f.annotation, f) for name, f in settings.model_fields.items() if name not in without}
+    return create_model(f"{settings.__name__}Section", __base__=Section, **fields)
 
 
 class ModelSettings(Section):
@@ -72,20 +78,83 @@ class JudgeSettings(Section):
     """vllm-server only: the server of the judge's model (default: generation.server.url)."""
 
 
+LOOP_SET_FIELDS = {"seed": "each trainer's seed derives from the run's top-level `seed`",
+                   "loss": "the preference loss is named by `train.trainer`"}
+"""Trainer settings the loop fills in itself, so a run config cannot set them (one field per fact)."""
+
+PreferenceSection = settings_section(PreferenceSettings, without=LOOP_SET_FIELDS)
+SFTSection = settings_section(SFTSettings, without=LOOP_SET_FIELDS)
+RewardModelSection = settings_section(RewardModelSettings, without=LOOP_SET_FIELDS)
+PPOSection = settings_section(PPOSettings, without=LOOP_SET_FIELDS)
+USED_WHEN = {"preference": "a preference trainer (train.trainer other than ppo)",
+             "sft": "train.sft_on_revisions: true", "reward_model": "train.trainer: ppo", "ppo": "train.trainer: ppo"}
+TRAINER_SETTINGS = {"preference": PreferenceSettings, "sft": SFTSettings, "reward_model": RewardModelSettings,
+                    "ppo": PPOSettings}
+
+
 class TrainSettings(Section):
     trainer: LossType | Literal["ppo"] = LossType.DPO
     """A preference loss trained on the judge's pairs, or ppo (a reward model on the pairs, then PPO)."""
-    preference: PreferenceSettings = PreferenceSettings()
+    preference: PreferenceSection = PreferenceSection()
+    """Used unless trainer is ppo."""
     sft_on_revisions: bool = False
     """First fine-tune on the revisions (the supervised stage of Constitutional AI), then train as above."""
-    sft: SFTSettings = SFTSettings()
-    reward_model: RewardModelSettings = RewardModelSettings()
-    ppo: PPOSettings = PPOSettings()
+    sft: SFTSection = SFTSection()
+    """Used with sft_on_revisions."""
+    reward_model: RewardModelSection = RewardModelSection()
+    """Used with trainer: ppo."""
+    ppo: PPOSection = PPOSection()
+    """Used with trainer: ppo."""
     lora: LoraSettings = LoraSettings()
+    """A fresh adapter's shape; a policy that continues its parent's adapter keeps the parent's shape."""
     launcher: Literal["python", "torchrun", "deepspeed"] = "python"
     processes: int = Field(default=1, ge=1)
     deepspeed: str | None = None
     """`zero2`, `zero3` or a DeepSpeed JSON config, for more than one process."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _loop_set_fields_are_not_config(cls, data):
+        if isinstance(data, dict):
+            for section in TRAINER_SETTINGS:
+                values = data.get(section)
+                for name, reason in LOOP_SET_FIELDS.items():
+                    if isinstance(values, dict) and name in values:
+                        raise ValueError(f"train.{section}.{name} cannot be set: {reason}")
+        return data
+
+    @model_validator(mode="after")
+    def _every_field_acts(self) -> TrainSettings:
+        for section in self.used_sections():
+            try:
+                self.trainer_settings(section, seed=0)
+            except ValidationError as exc:
+                raise ValueError("; ".join(
+                    f"train.{'.'.join(map(str, (section, *e['loc'])))}: {e['msg'].removeprefix('Value error, ')}"
+                    for e in exc.errors())) from None
+        for section in sorted(set(TRAINER_SETTINGS) - set(self.used_sections())):
+            if getattr(self, section) != type(getattr(self, section))():
+                raise ValueError(f"train.{section} is set but unused: it applies only with {USED_WHEN[section]}")
+        if self.processes > 1 and (self.launcher == "python" or self.deepspeed is None):
+            raise ValueError("train.processes > 1 needs train.launcher: torchrun (or deepspeed) and train.deepspeed")
+        if self.deepspeed is not None and self.processes == 1:
+            raise ValueError("train.deepspeed applies only with train.processes > 1")
+        if self.deepspeed is not None and any(
+                getattr(self, s).optimizer != "adamw" for s in self.used_sections()):
+            raise ValueError("under DeepSpeed the optimizer is the config's AdamW: leave `optimizer` at adamw")
+        return self
+
+    def used_sections(self) -> list[str]:
+        """The trainer sections this configuration runs, in order."""
+        main = ["reward_model", "ppo"] if self.trainer == "ppo" else ["preference"]
+        return (["sft"] if self.sft_on_revisions else []) + main
+
+    def trainer_settings(self, section: str, seed: int):
+        """The full, validated settings of one trainer: the section plus what the loop sets (seed, loss)."""
+        values = getattr(self, section).model_dump()
+        if section == "preference":
+            values["loss"] = self.trainer
+        return TRAINER_SETTINGS[section](**values, seed=seed)
 
 
 class RunConfig(BaseSettings):
@@ -143,7 +212,8 @@ def load_run_config(path: Path) -> RunConfig:
         lines = []
         for e in exc.errors():
             where = "environment variable " + variable if (variable := variable_for(e["loc"], environ)) else path
-            lines.append(f"{where}: {'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}")
+            message = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: {'.'.join(map(str, e['loc'])) or 'config'}: {message}")
         raise ConfigError("\n".join(lines)) from exc
     except SettingsError as exc:  # a section's variable that is not valid JSON
         field = str(exc).split('"')[1] if '"' in str(exc) else ""

@@ -7,6 +7,7 @@ as JSONL under the run directory.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -16,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from loop.config import RunConfig
 from loop.context import IterationContext
 from loop.store import Comparison, Metric, Pair, Policy, Run, Sample
 from policies.files import atomic_directory, atomic_write_text
@@ -34,6 +36,21 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
     return path
 
 
+def trainer_seed(run_seed: int, iteration: int, kind: str) -> int:
+    """A trainer's seed (data order, adapter and head init, dropout), derived from the run's `seed`."""
+    # hashlib, not hash(): string hashes change between processes, and a resumed run must not.
+    digest = hashlib.sha256(f"{run_seed}:{iteration}:train-{kind}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def train_spec(config: RunConfig, kind: TrainerKind, *, iteration: int, **fields) -> TrainSpec:
+    """The spec of one trainer run: every config field that acts in the trainer reaches it from here."""
+    t = config.train
+    settings = t.trainer_settings(kind, trainer_seed(config.seed, iteration, kind))
+    return TrainSpec(kind=kind, lora=t.lora, device=config.model.device, dtype=config.model.dtype,
+                     threads=config.threads, deepspeed=t.deepspeed, **{kind: settings}, **fields)
+
+
 class Training:
     """The trainer runs of one iteration, chained: each starts from the adapter the previous one produced."""
 
@@ -46,14 +63,10 @@ class Training:
     def run(self, kind: TrainerKind, records: list[dict[str, Any]], *, chain: bool = True, **extra) -> Path:
         t = self.ctx.config.train
         out = self.root / kind
-        # The config's `trainer` names the preference loss; the other trainers have their own sections.
-        preference = t.preference.model_copy(update={"loss": t.trainer}) if t.trainer != "ppo" else t.preference
-        settings = {"preference": preference, "sft": t.sft, "reward_model": t.reward_model, "ppo": t.ppo}
         data = _write_jsonl(out / "data.jsonl", records)
-        spec = TrainSpec(kind=kind, model_dir=self.ctx.engines.model_dir, data=data, output_dir=out,
-                         parent_adapter=self.adapter if chain else None, lora=t.lora,
-                         device=self.ctx.config.model.device, threads=self.ctx.config.threads, deepspeed=t.deepspeed,
-                         **{kind: settings[kind]}, **extra)
+        spec = train_spec(self.ctx.config, kind, iteration=self.ctx.iteration_index,
+                          model_dir=self.ctx.engines.model_dir, data=data, output_dir=out,
+                          parent_adapter=self.adapter if chain else None, **extra)
         stage = "train" if chain and kind != "sft" else kind
         with self.ctx.reporter.task(f"train {kind} ({len(records)} examples)", None) as advance:
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +29,8 @@ class LoopState:
     epoch: int = 0
     micro: int = 0
     """Micro-batches already consumed in `epoch`."""
+    extra: dict[str, float] = field(default_factory=dict)
+    """Trainer state beyond the optimizer's (e.g. PPO's adaptive KL coefficient)."""
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

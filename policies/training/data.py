@@ -110,16 +110,7 @@ def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     # Position t predicts token t + 1: keep the positions whose next token is part of the completion.
     predicts = batch["completion_mask"][:, 1:].to(device).bool()
     rows, positions = predicts.nonzero(as_tuple=True)
-    selected, targets = hidden[:, :-1][rows, positions], ids[:, 1:][rows, positions]
-    head = causal_lm.get_output_embeddings()
-    pieces = []
-    for start in range(0, targets.shape[0], LOGIT_CHUNK):
-        chunk = (head, selected[start:start + LOGIT_CHUNK], targets[start:start + LOGIT_CHUNK])
-        if torch.is_grad_enabled():
-            pieces.append(torch.utils.checkpoint.checkpoint(_chunk_logps, *chunk, use_reentrant=False))
-        else:
-            pieces.append(_chunk_logps(*chunk))
-    token_logps = torch.cat(pieces) if pieces else hidden.new_zeros(0)
+    token_logps = _token_logps(causal_lm, hidden[:, :-1][rows, positions], ids[:, 1:][rows, positions])
     sums = torch.zeros(ids.shape[0], device=device, dtype=token_logps.dtype).index_add(0, rows, token_logps)
     return sums, predicts.sum(-1)
 
@@ -129,3 +120,115 @@ def completion_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
     sums, _ = sequence_logps(model, batch)
     half = sums.shape[0] // 2
     return sums[:half], sums[half:]
+
+
+@dataclass(frozen=True)
+class SharedPrefixBatch:
+    """Pairs packed with their prompt computed once: each pair is laid out as prompt | chosen | rejected, the
+    rejected completion positioned right after the prompt (as if the chosen one were not there) and masked so
+    it sees only the prompt and itself. Pairs are packed into rows without padding between them.
+
+    Tensors: `input_ids`, `position_ids` (rows, width); `attention_mask` (rows, 1, width, width) bool, True
+    where a token may attend; `sources` (rows, width) the flat position whose hidden state predicts each
+    completion token, `targets` the token, `segment` 2 * pair + side (0 chosen, 1 rejected), all (tokens,).
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    sources: torch.Tensor
+    targets: torch.Tensor
+    segment: torch.Tensor
+    pairs: int
+
+    @property
+    def tokens(self) -> int:
+        """Tokens computed: each prompt once, each completion once, no padding inside a row."""
+        return int(self.attention_mask.diagonal(dim1=-2, dim2=-1).sum().item())
+
+
+def pack_rows(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """First-fit-decreasing packing of items into rows of at most `budget` tokens (an item longer than the
+    budget gets a row of its own). Deterministic: ties keep the input order."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda k: -lengths[k]):
+        slot = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+        if slot is None:
+            rows.append([i])
+            room.append(budget - lengths[i])
+        else:
+            rows[slot].append(i)
+            room[slot] -= lengths[i]
+    return rows
+
+
+def shared_prefix_length(pair: EncodedPair) -> int:
+    return len(pair.prompt) + len(pair.chosen) + len(pair.rejected)
+
+
+def pack_shared_prefix(pairs: Sequence[EncodedPair], pad_id: int, row_budget: int) -> SharedPrefixBatch:
+    """Pack `pairs` (see `SharedPrefixBatch`) into rows of at most `row_budget` tokens."""
+    rows = pack_rows([shared_prefix_length(p) for p in pairs], row_budget)
+    width = max(sum(shared_prefix_length(pairs[i]) for i in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    positions = torch.zeros_like(ids)
+    owner = torch.full_like(ids, -1)  # pair index per token; -1 for padding at a row's end
+    side = torch.zeros_like(ids)  # 0 prompt, 1 chosen, 2 rejected
+    sources, targets, segment = [], [], []
+    for r, row in enumerate(rows):
+        at = 0
+        for i in row:
+            p, c, x = pairs[i].prompt, pairs[i].chosen, pairs[i].rejected
+            n = len(p) + len(c) + len(x)
+            ids[r, at:at + n] = torch.tensor(p + c + x)
+            positions[r, at:at + n] = torch.tensor([*range(len(p) + len(c)), *range(len(p), len(p) + len(x))])
+            owner[r, at:at + n] = i
+            side[r, at + len(p):at + len(p) + len(c)] = 1
+            side[r, at + len(p) + len(c):at + n] = 2
+            last_prompt = r * width + at + len(p) - 1
+            for s, (start, completion) in enumerate(((at + len(p), c), (at + len(p) + len(c), x))):
+                # Token k of a completion is predicted by token k-1 of the same completion; token 0 by the prompt.
+                sources += [last_prompt] + [r * width + start + k for k in range(len(completion) - 1)]
+                targets += completion
+                segment += [2 * i + s] * len(completion)
+            at += n
+    index = torch.arange(width)
+    causal = index[None, :, None] >= index[None, None, :]
+    same_pair = (owner[:, :, None] == owner[:, None, :]) & (owner[:, None, :] >= 0)
+    same_branch = (side[:, None, :] == 0) | (side[:, :, None] == side[:, None, :])
+    # Padding attends to itself only, so no softmax row is empty (an empty row gives NaN).
+    mask = (causal & same_pair & same_branch) | torch.eye(width, dtype=torch.bool)[None]
+    return SharedPrefixBatch(ids, positions, mask[:, None], torch.tensor(sources), torch.tensor(targets),
+                             torch.tensor(segment), len(pairs))
+
+
+def _token_logps(causal_lm, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(target) for each (hidden state, target) row, projecting to the vocabulary in chunks that are
+    recomputed in the backward pass instead of stored."""
+    head = causal_lm.get_output_embeddings()
+    pieces = []
+    for start in range(0, targets.shape[0], LOGIT_CHUNK):
+        chunk = (head, hidden[start:start + LOGIT_CHUNK], targets[start:start + LOGIT_CHUNK])
+        if torch.is_grad_enabled():
+            pieces.append(torch.utils.checkpoint.checkpoint(_chunk_logps, *chunk, use_reentrant=False))
+        else:
+            pieces.append(_chunk_logps(*chunk))
+    return torch.cat(pieces) if pieces else hidden.new_zeros(0)
+
+
+def shared_prefix_logps(model, batch: SharedPrefixBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                   torch.Tensor]:
+    """Summed completion log-probs and completion lengths of packed pairs: (chosen, rejected, chosen_len,
+    rejected_len), each (pairs,). Equal to scoring prompt+chosen and prompt+rejected as separate sequences."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    device = next(model.parameters()).device
+    hidden = causal_lm.get_decoder()(input_ids=batch.input_ids.to(device),
+                                     position_ids=batch.position_ids.to(device),
+                                     attention_mask=batch.attention_mask.to(device)).last_hidden_state
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    token_logps = _token_logps(causal_lm, flat[batch.sources.to(device)], batch.targets.to(device))
+    segment = batch.segment.to(device)
+    sums = torch.zeros(2 * batch.pairs, device=device, dtype=token_logps.dtype).index_add(0, segment, token_logps)
+    counts = torch.bincount(segment, minlength=2 * batch.pairs)
+    return sums[0::2], sums[1::2], counts[0::2], counts[1::2]

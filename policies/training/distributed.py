@@ -59,13 +59,20 @@ def fill_config(config: dict[str, Any], settings: OptimSettings, device: torch.d
     return fill(config)
 
 
-def deepspeed_engine(model: torch.nn.Module, settings: OptimSettings, config_name: str):
-    """Initialise the process group (gloo on CPU, nccl on GPUs) and wrap `model` in a DeepSpeed engine."""
+def deepspeed_engine(model: torch.nn.Module, settings: OptimSettings, config_name: str, lr_scheduler=None):
+    """Initialise the process group (gloo on CPU, nccl on GPUs) and wrap `model` in a DeepSpeed engine.
+
+    `lr_scheduler` (optimizer -> scheduler) is our schedule, stepped by the engine; a config's own scheduler
+    section would be a second, conflicting one, so it is refused.
+    """
     import deepspeed
 
     device = next(model.parameters()).device
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     config = fill_config(json.loads(resolve_deepspeed_config(config_name).read_text()), settings, device)
+    if "scheduler" in config:
+        raise ValueError(f"DeepSpeed config {config_name}: remove its `scheduler`; training uses the settings' "
+                         "scheduler and warmup_steps")
     params = [p for p in model.parameters() if p.requires_grad]
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=config)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=config, lr_scheduler=lr_scheduler)
     return engine

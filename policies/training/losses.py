@@ -240,6 +240,8 @@ def ipo_loss(
     ref_chosen_logps: Tensor,
     ref_rejected_logps: Tensor,
     beta: float = 0.1,
+    chosen_lengths: Tensor | None = None,
+    rejected_lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Identity preference optimisation loss.
 
@@ -248,18 +250,26 @@ def ipo_loss(
     fixed target instead of pushing it to infinity, which is what makes IPO resistant to overfitting
     deterministic preferences.
 
-    The log-probs are used exactly as given. TRL divides them by the completion length for IPO; pass
-    length-averaged log-probs to reproduce that (with summed log-probs the margin scales with length and
-    ``1 / (2 * beta)`` is reached far sooner).
+    Given the completion lengths, every log-prob (policy and reference) is first divided by its completion's
+    length, as TRL does: the margin is then per token, so ``1 / (2 * beta)`` means the same at any length
+    (with summed log-probs the margin scales with length and the target is reached far sooner).
 
     Args:
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps: ``(batch,)``.
         beta: the regularisation ``tau`` of the paper.
+        chosen_lengths, rejected_lengths: ``(batch,)`` completion token counts; both or neither.
 
     Returns:
         ``(losses, chosen_rewards, rejected_rewards)``, each ``(batch,)``.
     """
     _check_beta(beta)
+    if (chosen_lengths is None) != (rejected_lengths is None):
+        raise ValueError("pass both completion lengths or neither")
+    if chosen_lengths is not None and rejected_lengths is not None:
+        policy_chosen_logps = _average_logps(policy_chosen_logps, chosen_lengths)
+        ref_chosen_logps = _average_logps(ref_chosen_logps, chosen_lengths)
+        policy_rejected_logps = _average_logps(policy_rejected_logps, rejected_lengths)
+        ref_rejected_logps = _average_logps(ref_rejected_logps, rejected_lengths)
     h, chosen, rejected = _log_ratio_margin(
         policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
     )
@@ -391,13 +401,13 @@ def orpo_loss(
     rejected_lengths: Tensor,
     beta: float = 0.1,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Odds-ratio term of ORPO, reference-free.
+    """ORPO, reference-free: the NLL of the chosen response plus the weighted odds-ratio term.
 
     Hong, Lee & Thorne 2024, "ORPO: Monolithic Preference Optimization without Reference Model":
     eq. 6 is ``L_ORPO = L_SFT + lambda * L_OR`` and eq. 7 is
     ``L_OR = -log sigma(log(odds(y_w) / odds(y_l)))`` with ``odds(y) = P(y) / (1 - P(y))`` and ``P`` the
-    length-normalised likelihood ``exp(mean_t log p(y_t))``. This function returns ``lambda * L_OR``
-    only; the trainer adds the NLL (SFT) loss on the chosen response.
+    length-normalised likelihood ``exp(mean_t log p(y_t))``. ``L_SFT`` is the chosen response's mean
+    token NLL, ``-log pi(y_w) / |y_w|``. The whole of eq. 6 is returned per pair.
 
     Args:
         policy_chosen_logps, policy_rejected_logps: ``(batch,)`` *summed* log-probs under the policy.
@@ -419,7 +429,7 @@ def orpo_loss(
     rejected = _average_logps(policy_rejected_logps, rejected_lengths)
     # log odds(y) = log P - log(1 - P), computed in log space because P is tiny for long sequences.
     log_odds_ratio = (chosen - _log1mexp(chosen)) - (rejected - _log1mexp(rejected))
-    losses = -beta * F.logsigmoid(log_odds_ratio)
+    losses = -chosen - beta * F.logsigmoid(log_odds_ratio)
     return losses, (beta * chosen).detach(), (beta * rejected).detach()
 
 

@@ -7,9 +7,10 @@ import contextlib
 import json
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,18 +31,24 @@ class OptimSettings(BaseModel):
     weight_decay: float = Field(default=0.0, ge=0)
     scheduler: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: int = Field(default=0, ge=0)
-    epochs: int = Field(default=1, ge=1)
     batch_size: int = Field(default=4, ge=1)
     grad_accum: int = Field(default=1, ge=1)
-    max_steps: int | None = Field(default=None, ge=1)
     max_grad_norm: float = Field(default=1.0, gt=0)
     gradient_checkpointing: bool = False
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 autocast where the device supports it (CUDA with bf16), else fp32."""
-    length_bucketing: bool = True
     seed: int = 0
+    """Set by the loop from the run's `seed` (never in a run config): data order, adapter init, dropout."""
     checkpoint_every: int = Field(default=0, ge=0)
-    """Optimizer steps between resumable checkpoints; 0 keeps none."""
+    """Steps between resumable checkpoints (optimizer steps; PPO: rollout steps); 0 keeps none."""
+
+
+class EpochSettings(OptimSettings):
+    """Settings of the trainers that pass over a fixed dataset in epochs (all but PPO)."""
+
+    epochs: int = Field(default=1, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)
+    length_bucketing: bool = True
 
 
 @dataclass(frozen=True)
@@ -50,15 +57,6 @@ class StepLog:
     epoch: int
     metrics: dict[str, float]
     tokens_per_s: float
-
-
-@dataclass
-class MicroBatch:
-    """What a trainer's loss function receives: its examples and their share of the optimizer step."""
-
-    indices: list[int]
-    weight: float
-    """n_examples / n_examples_in_window: summing weight x mean loss gives the window's mean loss exactly."""
 
 
 LossFn = Callable[[list[int]], tuple[torch.Tensor, dict[str, float], int]]
@@ -70,8 +68,8 @@ class TrainingLoop:
     model: torch.nn.Module
     settings: OptimSettings
     checkpoint_dir: Path | None = None
-    engine: Any = None
-    """A DeepSpeed engine wrapping `model`, when training is distributed."""
+    deepspeed: str | None = None
+    """A DeepSpeed config (`zero2`, `zero3` or a path): the model is wrapped in an engine by `prepare`."""
     rank: int = 0
     world_size: int = 1
     logs: list[StepLog] = field(default_factory=list)
@@ -83,8 +81,13 @@ class TrainingLoop:
         if self.settings.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.device = next(self.model.parameters()).device
-        self.optimizer = None if self.engine else _optimizer(self.params, self.settings)
+        self.engine: Any = None
+        self.optimizer = None if self.deepspeed else _optimizer(self.params, self.settings)
         self.scheduler = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
     def autocast(self):
         s = self.settings
@@ -95,9 +98,19 @@ class TrainingLoop:
         return contextlib.nullcontext()
 
     def prepare(self, total_steps: int) -> None:
-        """Create the learning-rate schedule for a run of `total_steps` optimizer steps."""
-        if self.optimizer is not None and self.scheduler is None:
+        """Create the learning-rate schedule for a run of `total_steps` optimizer steps (under DeepSpeed: the
+        engine, stepping the same schedule on its own optimizer)."""
+        if self.deepspeed and self.engine is None:
+            from policies.training.distributed import deepspeed_engine
+
+            self.engine = deepspeed_engine(self.model, self.settings, self.deepspeed,
+                                           lambda optimizer: _scheduler(optimizer, self.settings, total_steps))
+            self.scheduler = self.engine.lr_scheduler
+        elif self.optimizer is not None and self.scheduler is None:
             self.scheduler = _scheduler(self.optimizer, self.settings, total_steps)
+
+    def learning_rate(self) -> float:
+        return float(self.scheduler.get_last_lr()[0]) if self.scheduler is not None else self.settings.learning_rate
 
     def step_window(self, window: Sequence[list[int]], loss_fn: LossFn) -> tuple[dict[str, float], int]:
         """One optimizer step over a window of micro-batches: (weighted mean metrics, tokens processed).
@@ -128,7 +141,7 @@ class TrainingLoop:
         windows_per_epoch = math.ceil(len(self._shard(plan(0))) / s.grad_accum)
         total_steps = int(min(s.max_steps or math.inf, windows_per_epoch * s.epochs))
         self.prepare(total_steps)
-        state = self._resume()
+        state = self.resume()
         tokens, started = 0, time.perf_counter()
         while state.epoch < s.epochs and state.step < total_steps:
             micro_batches = self._shard(plan(state.epoch))
@@ -151,7 +164,7 @@ class TrainingLoop:
                 if on_step:
                     on_step(record)
                 if s.checkpoint_every and state.step % s.checkpoint_every == 0:
-                    self._checkpoint(state)
+                    self.checkpoint(state)
                 if state.step >= total_steps:
                     break
             else:
@@ -182,21 +195,50 @@ class TrainingLoop:
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
 
-    def _checkpoint(self, state: LoopState) -> None:
-        if self.checkpoint_dir is None or self.engine is not None or self.rank != 0:
+    def checkpoint(self, state: LoopState) -> None:
+        """Save a resumable checkpoint: ours on rank 0, or the engine's (every rank writes its shard)."""
+        if self.checkpoint_dir is None:
             return
-        path = save_checkpoint(self.checkpoint_dir, self.model, self.optimizer, self.scheduler, state)
-        log.info("checkpoint %s", path)
+        if self.engine is not None:
+            self.engine.save_checkpoint(str(self.checkpoint_dir / "engine"), tag=f"step-{state.step:08d}",
+                                        client_state={"loop": asdict(state), "rng": _rng_state()})
+            log.info("engine checkpoint at step %d", state.step)
+            return
+        if self.is_main:
+            log.info("checkpoint %s", save_checkpoint(self.checkpoint_dir, self.model, self.optimizer,
+                                                      self.scheduler, state))
 
-    def _resume(self) -> LoopState:
-        if self.checkpoint_dir is None or self.engine is not None:
+    def resume(self) -> LoopState:
+        """The state of the last complete checkpoint, loaded into the model, optimizer, schedule and RNG; a fresh
+        state when there is none."""
+        if self.checkpoint_dir is None:
             return LoopState()
+        if self.engine is not None:
+            engine_dir = self.checkpoint_dir / "engine"
+            if not (engine_dir / "latest").is_file():
+                return LoopState()
+            path, client = self.engine.load_checkpoint(str(engine_dir))
+            if path is None:
+                return LoopState()
+            _set_rng_state(client["rng"])
+            log.info("resumed from engine checkpoint %s", path)
+            return LoopState(**client["loop"])
         found = latest_checkpoint(self.checkpoint_dir)
         if found is None:
             return LoopState()
         state = load_checkpoint(found, self.model, self.optimizer, self.scheduler)
         log.info("resumed from %s at step %d", found, state.step)
         return state
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 def _optimizer(params: Sequence[torch.nn.Parameter], s: OptimSettings) -> torch.optim.Optimizer:

@@ -9,6 +9,7 @@ a few epochs of clipped policy and value updates.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import random
@@ -20,19 +21,24 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from policies.serving import Conversation, Generator, SamplingParams
 from policies.serving.transformers_backend import TransformersGenerator
 from policies.training import losses
+from policies.training.checkpoints import LoopState
 from policies.training.data import collate_sequences, encode_completions, encode_prompt
 from policies.training.heads import ScalarHead, hidden_size, last_hidden
 from policies.training.optimization import OptimSettings, StepLog, TrainingLoop
+from policies.training.trainer import BuildContext, OnStep, TrainResult, register_trainer
 
 log = logging.getLogger(__name__)
 
 
 class PPOSettings(OptimSettings):
+    """PPO's own settings plus the optimizer's; no epochs or step limits (`rollouts` and `ppo_epochs` say how
+    long it trains). `checkpoint_every` counts rollout steps."""
+
     rollouts: int = Field(default=4, ge=1)
     """PPO steps: each is one rollout batch followed by `ppo_epochs` of updates."""
     rollout_batch_size: int = Field(default=8, ge=1)
@@ -50,8 +56,17 @@ class PPOSettings(OptimSettings):
     kl_estimator: Literal["k1", "k3"] = "k1"
     adaptive_kl: bool = False
     kl_target: float = Field(default=6.0, gt=0)
+    """adaptive_kl only."""
     kl_horizon: int = Field(default=10000, ge=1)
+    """adaptive_kl only."""
     whiten_advantages: bool = True
+
+    @model_validator(mode="after")
+    def _adaptive_kl_settings_need_adaptive_kl(self) -> PPOSettings:
+        for name in ("kl_target", "kl_horizon"):
+            if not self.adaptive_kl and getattr(self, name) != type(self).model_fields[name].default:
+                raise ValueError(f"{name} is only used with adaptive_kl: true")
+        return self
 
 
 @dataclass(frozen=True)
@@ -129,6 +144,8 @@ def _compact(values: torch.Tensor, mask: torch.Tensor, width: int | None = None)
 
 
 class PPOTrainer:
+    heads: tuple[torch.nn.Module, ...] = ()
+
     def __init__(self, model: PolicyWithValue, tokenizer, settings: PPOSettings, reward_fn: RewardFn, *,
                  generator: Generator | None = None, served: ServedRollouts | None = None, **loop_options):
         self.model = model
@@ -162,37 +179,50 @@ class PPOTrainer:
             rollouts.append(Rollout(prompt, text, prompt_ids, completion))
         return rollouts
 
-    def train(self, prompts: Sequence[Conversation], on_step: Callable[[StepLog], None] | None = None) -> list[StepLog]:
+    def fit(self, data: Sequence[Conversation], on_step: OnStep = None) -> TrainResult:
+        """`rollouts` PPO steps through the shared loop: a checkpoint every `checkpoint_every` rollout steps
+        holds the adapter, value head, optimizer, schedule, RNG and KL coefficient, and a restart resumes from it
+        exactly (rollout seeds and minibatch orders derive from (seed, step))."""
+        prompts = data
         if not prompts:
             raise ValueError("PPO needs at least one prompt")
         s = self.settings
         windows = math.ceil(math.ceil(s.rollout_batch_size / s.batch_size) / s.grad_accum)
         self.loop.prepare(s.rollouts * s.ppo_epochs * windows)
+        state = self.loop.resume()
+        self.kl.kl_coef = state.extra.get("kl_coef", self.kl.kl_coef)
         order = list(prompts)
         random.Random(s.seed).shuffle(order)
         logs: list[StepLog] = []
-        for step in range(s.rollouts):
+        for step in range(state.epoch, s.rollouts):
             started = time.perf_counter()
             chunk = [order[(step * s.rollout_batch_size + k) % len(order)] for k in range(s.rollout_batch_size)]
             generator = self.served(step) if self.served else self.generator
             rollouts = self.rollout(chunk, seed=s.seed * 7919 + step, generator=generator)
             scores = torch.tensor(self.reward_fn(rollouts), dtype=torch.float32)
-            metrics = self._update(rollouts, scores)
+            metrics = self._update(rollouts, scores, step)
             metrics |= {"reward_mean": scores.mean().item(),
                         "reward_std": statistics.pstdev(scores.tolist()) if len(scores) > 1 else 0.0,
                         "kl_coef": self.kl.kl_coef}
             self.kl.update(metrics["kl"], len(rollouts))
             tokens = sum(len(r.prompt_ids) + len(r.completion_ids) for r in rollouts)
+            state = LoopState(step=state.step + int(metrics["updates"]), epoch=step + 1,
+                              extra={"kl_coef": self.kl.kl_coef})
             record = StepLog(step + 1, 0, metrics, tokens / (time.perf_counter() - started))
             logs.append(record)
             log.info("ppo step %d reward %.4f kl %.4f", record.step, metrics["reward_mean"], metrics["kl"])
             if on_step:
                 on_step(record)
+            if s.checkpoint_every and (step + 1) % s.checkpoint_every == 0:
+                self.loop.checkpoint(state)
         if self.served:
             self.served.close()
-        return logs
+        self.model.eval()
+        metrics = {f"ppo_{k}_first": v for k, v in logs[0].metrics.items()} if logs else {}
+        metrics |= {f"ppo_{k}_last": v for k, v in logs[-1].metrics.items()} if logs else {}
+        return TrainResult(metrics, logs)
 
-    def _update(self, rollouts: Sequence[Rollout], scores: torch.Tensor) -> dict[str, float]:
+    def _update(self, rollouts: Sequence[Rollout], scores: torch.Tensor, step: int) -> dict[str, float]:
         s = self.settings
         batch = collate_sequences([r.prompt_ids for r in rollouts], [r.completion_ids for r in rollouts],
                                   self.tokenizer.pad_token_id)
@@ -232,7 +262,7 @@ class PPOTrainer:
         updates = 0
         for epoch in range(s.ppo_epochs):
             plan = [list(range(i, min(i + s.batch_size, n))) for i in range(0, n, s.batch_size)]
-            random.Random(s.seed + epoch).shuffle(plan)
+            random.Random(f"{s.seed}:{step}:{epoch}").shuffle(plan)
             for window in (plan[i:i + s.grad_accum] for i in range(0, len(plan), s.grad_accum)):
                 self.loop.step_window(window, loss_fn)
                 updates += 1
@@ -243,3 +273,35 @@ class PPOTrainer:
     def _adapter_disabled(self):
         lm = self.model.lm
         return lm.disable_adapter() if hasattr(lm, "disable_adapter") else contextlib.nullcontext()
+
+
+def reward_model_scorer(spec, tokenizer) -> RewardFn:
+    """Score rollouts with a trained reward model (a second, frozen copy: its adapter differs from the policy's)."""
+    from policies.models import load_model
+    from policies.training.reward_model import RewardModel
+
+    if spec.reward_model_dir is None:
+        raise ValueError("PPO needs `reward_model_dir`: train a reward model first")
+    base, _ = load_model(spec.model_dir, dtype=spec.dtype, device=spec.device, adapter=spec.reward_model_dir)
+    scorer = RewardModel.load(base, spec.reward_model_dir).eval()
+
+    @torch.no_grad()
+    def score(rollouts: Sequence[Rollout]) -> list[float]:
+        batch = collate_sequences([r.prompt_ids for r in rollouts], [r.completion_ids for r in rollouts],
+                                  tokenizer.pad_token_id)
+        device = next(scorer.parameters()).device
+        return scorer(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().tolist()
+
+    return score
+
+
+@register_trainer("ppo", parse=lambda record: record["prompt"])
+def build_ppo_trainer(ctx: BuildContext) -> PPOTrainer:
+    spec = ctx.spec
+    served = None
+    if spec.rollout_server:
+        prefix = "ppo-" + hashlib.sha256(str(spec.output_dir.resolve()).encode()).hexdigest()[:10]
+        served = ServedRollouts(spec.rollout_server, ctx.lm, spec.output_dir / "rollout-adapters", prefix)
+    model = PolicyWithValue(ctx.lm)
+    return PPOTrainer(model, ctx.tokenizer, ctx.settings, reward_model_scorer(spec, ctx.tokenizer), served=served,
+                      **ctx.loop_options)

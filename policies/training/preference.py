@@ -1,51 +1,80 @@
 """Preference training on pairs: the DPO family (DPO, cDPO, IPO, robust DPO, hinge), SimPO, ORPO and KTO,
-all on a LoRA adapter. The reference is the same model with the adapter disabled."""
+all on a LoRA adapter. The reference is the same model with the adapter disabled.
+
+Each micro-batch is scored with its prompts computed once (prefix sharing, `data.pack_shared_prefix`), and the
+objective comes from the registry in `policies.training.objectives`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Sequence
+import random
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from safetensors.torch import load_file, save_file
 
-from policies.training import losses
 from policies.training.batching import plan_batches
-from policies.training.data import PreferenceExample, collate, collate_sequences, encode_pair, sequence_logps
+from policies.training.data import (
+    EncodedPair,
+    PreferenceExample,
+    collate_sequences,
+    encode_pair,
+    pack_shared_prefix,
+    sequence_logps,
+    shared_prefix_logps,
+)
 from policies.training.losses import LossType
-from policies.training.optimization import OptimSettings, StepLog, TrainingLoop
+from policies.training.objectives import LOSS_SPECIFIC_SETTINGS, OBJECTIVES, PairBatch
+from policies.training.optimization import EpochSettings, TrainingLoop
+from policies.training.trainer import BuildContext, OnStep, TrainResult, register_trainer
 
-DEFAULT_BETA = {LossType.SIMPO: 2.0}
 
-
-class PreferenceSettings(OptimSettings):
+class PreferenceSettings(EpochSettings):
     loss: LossType = LossType.DPO
     beta: float | None = Field(default=None, gt=0)
     """Default 0.1, or 2.0 for SimPO (its rewards are per-token averages)."""
     label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
-    """cDPO's and robust DPO's assumed label-flip rate."""
+    """cDPO's and robust DPO's assumed label-flip rate (required > 0 for them, rejected for other losses)."""
     soft_labels: bool = False
-    """DPO against the judge's probability per pair (the CAI paper's soft labels) instead of a hard 1."""
+    """dpo only: train against the judge's probability per pair (the CAI paper's soft labels) instead of 1."""
     simpo_gamma: float = Field(default=0.5, ge=0)
     kto_desirable_weight: float = Field(default=1.0, gt=0)
     kto_undesirable_weight: float = Field(default=1.0, gt=0)
     reference: Literal["precompute", "online"] = "precompute"
-    """precompute: reference log-probs once per dataset (cached beside checkpoints); online: every step."""
+    """precompute: reference log-probs once per dataset (cached beside checkpoints); online: every step.
+    Rejected for the reference-free losses (simpo, orpo)."""
     max_length: int = Field(default=512, ge=16)
+    eval_pairs: int = Field(default=16, ge=1)
+    """The before/after evaluation runs on at most this many pairs (a fixed sample of the data); the one
+    before training is skipped when the adapter is fresh, since the policy then equals the reference."""
 
     @property
     def effective_beta(self) -> float:
-        return self.beta if self.beta is not None else DEFAULT_BETA.get(self.loss, 0.1)
+        return self.beta if self.beta is not None else OBJECTIVES[self.loss].default_beta
+
+    @model_validator(mode="after")
+    def _every_setting_acts(self) -> PreferenceSettings:
+        reads = OBJECTIVES[self.loss].reads
+        for name in sorted(LOSS_SPECIFIC_SETTINGS - reads):
+            if getattr(self, name) != type(self).model_fields[name].default:
+                users = sorted(str(k) for k, o in OBJECTIVES.items() if name in o.reads)
+                raise ValueError(f"{name} is only used by the {'/'.join(users)} loss, not by {self.loss}")
+        if "label_smoothing" in reads and self.label_smoothing == 0:
+            raise ValueError(f"{self.loss} needs label_smoothing > 0 (with 0 it is plain dpo)")
+        if not self.loss.needs_reference and self.reference != "precompute":
+            raise ValueError(f"{self.loss} is reference-free: `reference` does not apply")
+        return self
 
 
 @dataclass(frozen=True)
 class PreferenceStats:
-    """Dataset means under the current policy."""
+    """Means over the evaluation sample under the current policy."""
 
     loss: float
     reward_margin: float
@@ -57,19 +86,6 @@ class PreferenceStats:
     reference-free losses, which never compute the reference."""
 
 
-@dataclass(frozen=True)
-class PreferenceResult:
-    before: PreferenceStats
-    after: PreferenceStats
-    steps: list[StepLog]
-    tokens_per_s: float
-
-    def metrics(self) -> dict[str, float]:
-        flat = {f"{k}_before": v for k, v in asdict(self.before).items()}
-        flat |= {f"{k}_after": v for k, v in asdict(self.after).items()}
-        return flat | {"optimizer_steps": float(len(self.steps)), "tokens_per_s": self.tokens_per_s}
-
-
 @dataclass
 class _Logps:
     chosen: torch.Tensor
@@ -78,58 +94,90 @@ class _Logps:
     rejected_len: torch.Tensor
 
 
+def adapter_is_identity(model) -> bool:
+    """True when every LoRA B matrix is zero: the adapter adds nothing, so the policy equals the reference."""
+    lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
+    return bool(lora_b) and all(not p.detach().any() for p in lora_b)
+
+
+def parse_pair(record: Mapping[str, Any]) -> PreferenceExample:
+    return PreferenceExample(record["prompt"], record["chosen"], record["rejected"], record.get("target", 1.0))
+
+
 class PreferenceTrainer:
+    heads: tuple[torch.nn.Module, ...] = ()
+
     def __init__(self, model, tokenizer, settings: PreferenceSettings, *, checkpoint_dir: Path | None = None,
-                 engine=None, rank: int = 0, world_size: int = 1):
+                 **loop_options):
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
+        self.objective = OBJECTIVES[settings.loss]
         self.checkpoint_dir = checkpoint_dir
-        self.loop = TrainingLoop(model, settings, checkpoint_dir, engine, rank, world_size)
+        self.loop = TrainingLoop(model, settings, checkpoint_dir, **loop_options)
         self.pad_id = tokenizer.pad_token_id
+        # A row holds any single pair (at most 2 * max_length tokens) and packs shorter ones together.
+        self.row_budget = 2 * settings.max_length
 
-    def train(self, examples: Sequence[PreferenceExample],
-              on_step: Callable[[StepLog], None] | None = None) -> PreferenceResult:
+    def fit(self, data: Sequence[PreferenceExample], on_step: OnStep = None) -> TrainResult:
         s = self.settings
-        if not examples:
+        if not data:
             raise ValueError("preference training needs at least one preference pair")
-        self.pairs = [encode_pair(self.tokenizer, e, s.max_length) for e in examples]
-        self.targets = torch.tensor([e.target for e in examples], dtype=torch.float32)
+        self.pairs = [encode_pair(self.tokenizer, e, s.max_length) for e in data]
+        self.targets = torch.tensor([e.target for e in data], dtype=torch.float32)
         lengths = [p.tokens for p in self.pairs]
         self.reference = self._reference() if s.loss.needs_reference and s.reference == "precompute" else None
-        before = self.evaluate()
+        sample = sorted(random.Random(s.seed).sample(range(len(self.pairs)), min(s.eval_pairs, len(self.pairs))))
+        before = self.evaluate(sample)
 
         def plan(epoch: int) -> list[list[int]]:
             return plan_batches(lengths, s.batch_size, seed=s.seed, epoch=epoch, bucketing=s.length_bucketing)
 
         def loss_fn(indices: list[int]):
-            loss, metrics = self._loss(indices, self._policy_logps(indices))
+            policy = self._policy_logps(indices)
+            loss, metrics = self._loss(indices, policy)
+            # Counted as sequences (each prompt twice), as an unshared trainer would see the same data.
             return loss, metrics, sum(self.pairs[i].tokens for i in indices)
 
         steps = self.loop.run(plan, loss_fn, on_step)
-        after = self.evaluate()
+        after = self.evaluate(sample)
         checked = {k: v for k, v in asdict(after).items() if k != "kl" or s.loss.needs_reference}
         if not all(math.isfinite(v) for v in checked.values()):
             raise FloatingPointError(f"{s.loss} training diverged: {after}")
-        return PreferenceResult(before, after, steps, steps[-1].tokens_per_s if steps else 0.0)
+        metrics = {f"{k}_before": v for k, v in asdict(before).items()}
+        metrics |= {f"{k}_after": v for k, v in asdict(after).items()}
+        metrics |= {"optimizer_steps": float(len(steps)), "tokens_per_s": steps[-1].tokens_per_s if steps else 0.0,
+                    "eval_pairs": float(len(sample))}
+        return TrainResult(metrics, steps)
 
-    def evaluate(self) -> PreferenceStats:
-        """Loss, rewards and KL over the whole dataset, without gradients."""
+    def evaluate(self, indices: Sequence[int] | None = None) -> PreferenceStats:
+        """Loss, rewards and KL over `indices` (default: every pair), without gradients.
+
+        With a fresh adapter and precomputed reference log-probs nothing is computed: the policy's log-probs
+        are the reference's.
+        """
+        indices = list(range(len(self.pairs))) if indices is None else list(indices)
+        fresh = self.reference is not None and adapter_is_identity(self.model)
         self.model.eval()
-        batches = [list(range(i, min(i + self.settings.batch_size, len(self.pairs))))
-                   for i in range(0, len(self.pairs), self.settings.batch_size)]
         totals: dict[str, float] = {}
         with torch.no_grad(), self.loop.autocast():
-            for indices in batches:
-                loss, metrics = self._loss(indices, self._policy_logps(indices))
+            for start in range(0, len(indices), self.settings.batch_size):
+                batch = indices[start:start + self.settings.batch_size]
+                policy = self._reference_as_policy(batch) if fresh else self._policy_logps(batch)
+                loss, metrics = self._loss(batch, policy, policy_is_reference=fresh)
                 for key, value in {"loss": loss.item(), **metrics}.items():
-                    totals[key] = totals.get(key, 0.0) + value * len(indices) / len(self.pairs)
+                    totals[key] = totals.get(key, 0.0) + value * len(batch) / len(indices)
         return PreferenceStats(**{k: totals[k] for k in PreferenceStats.__dataclass_fields__})
 
     def _policy_logps(self, indices: list[int]) -> _Logps:
-        sums, counts = sequence_logps(self.model, collate([self.pairs[i] for i in indices], self.pad_id))
-        half = len(indices)
-        return _Logps(sums[:half], sums[half:], counts[:half], counts[half:])
+        batch = pack_shared_prefix([self.pairs[i] for i in indices], self.pad_id, self.row_budget)
+        return _Logps(*shared_prefix_logps(self.model, batch))
+
+    def _reference_as_policy(self, indices: list[int]) -> _Logps:
+        assert self.reference is not None
+        lengths = [(len(self.pairs[i].chosen), len(self.pairs[i].rejected)) for i in indices]
+        return _Logps(self.reference[0][indices], self.reference[1][indices],
+                      torch.tensor([c for c, _ in lengths]), torch.tensor([r for _, r in lengths]))
 
     def _reference_logps(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.reference is not None:
@@ -153,7 +201,7 @@ class PreferenceTrainer:
                 chosen.append(ref.chosen.float().cpu())
                 rejected.append(ref.rejected.float().cpu())
         result = torch.cat(chosen), torch.cat(rejected)
-        if cache is not None:
+        if cache is not None and self.loop.rank == 0:
             cache.parent.mkdir(parents=True, exist_ok=True)
             save_file({"chosen": result[0], "rejected": result[1]}, cache)
         return result
@@ -162,40 +210,19 @@ class PreferenceTrainer:
         target = self.loop.engine.module if self.loop.engine is not None else self.model
         return target.disable_adapter() if hasattr(target, "disable_adapter") else contextlib.nullcontext()
 
-    def _loss(self, indices: list[int], policy: _Logps) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean loss of the micro-batch and its logged metrics, for the configured loss type."""
-        s = self.settings
-        beta, kind = s.effective_beta, s.loss
+    def _loss(self, indices: list[int], policy: _Logps,
+              policy_is_reference: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean loss of the micro-batch and its logged metrics, for the configured objective."""
         device = policy.chosen.device
         ref_chosen = ref_rejected = None
-        if kind.needs_reference:
+        if self.settings.loss.needs_reference:
             ref_chosen, ref_rejected = (t.to(device) for t in self._reference_logps(indices))
-        pair_args = (policy.chosen, policy.rejected, ref_chosen, ref_rejected)
-        if kind in (LossType.DPO, LossType.CDPO):
-            smoothing = 1.0 - self.targets[indices].to(device) if s.soft_labels else s.label_smoothing
-            per_pair, chosen_r, rejected_r = losses.dpo_loss(*pair_args, beta=beta, label_smoothing=smoothing)
-        elif kind == LossType.IPO:
-            # IPO regresses a per-token margin (as in TRL): average the log-probs over completion length.
-            averaged = (policy.chosen / policy.chosen_len, policy.rejected / policy.rejected_len,
-                        ref_chosen / policy.chosen_len, ref_rejected / policy.rejected_len)
-            per_pair, chosen_r, rejected_r = losses.ipo_loss(*averaged, beta=beta)
-        elif kind == LossType.RDPO:
-            per_pair, chosen_r, rejected_r = losses.robust_dpo_loss(*pair_args, beta=beta,
-                                                                    label_smoothing=s.label_smoothing)
-        elif kind == LossType.HINGE:
-            per_pair, chosen_r, rejected_r = losses.hinge_loss(*pair_args, beta=beta)
-        elif kind == LossType.SIMPO:
-            per_pair, chosen_r, rejected_r = losses.simpo_loss(
-                policy.chosen, policy.rejected, policy.chosen_len, policy.rejected_len, beta=beta, gamma=s.simpo_gamma)
-        elif kind == LossType.ORPO:
-            odds, chosen_r, rejected_r = losses.orpo_loss(
-                policy.chosen, policy.rejected, policy.chosen_len, policy.rejected_len, beta=beta)
-            # ORPO = NLL of the chosen response + lambda * odds-ratio term (Hong et al. 2024, eq. 6).
-            per_pair = -policy.chosen / policy.chosen_len + odds
-        elif kind == LossType.KTO:
-            per_pair, chosen_r, rejected_r = self._kto(indices, policy, ref_chosen, ref_rejected, beta)
-        else:  # pragma: no cover - every LossType member is handled above
-            raise ValueError(f"unsupported loss {kind}")
+        kl_point = None
+        if self.objective.needs_kl_ref_point:
+            kl_point = torch.zeros((), device=device) if policy_is_reference else self._kl_ref_point(indices)
+        batch = PairBatch(policy.chosen, policy.rejected, policy.chosen_len.to(device), policy.rejected_len.to(device),
+                          self.targets[indices].to(device), ref_chosen, ref_rejected, kl_point)
+        per_pair, chosen_r, rejected_r = self.objective.compute(batch, self.settings)
         margin = chosen_r - rejected_r
         kl = (policy.chosen - ref_chosen).detach().mean().item() if ref_chosen is not None else float("nan")
         metrics = {
@@ -206,26 +233,19 @@ class PreferenceTrainer:
         }
         return per_pair.mean(), metrics
 
-    def _kto(self, indices, policy: _Logps, ref_chosen, ref_rejected, beta):
-        """KTO on the pairs split into desirable (chosen) and undesirable (rejected) examples.
-
-        The KL reference point is estimated from mismatched prompt/completion pairs within the batch, without
-        gradients (Ethayarajh et al. 2024, sec. 4.1).
-        """
-        s = self.settings
-        batch = collate_sequences([self.pairs[i].prompt for i in indices],
-                                  [self.pairs[indices[(k + 1) % len(indices)]].chosen for k in range(len(indices))],
-                                  self.pad_id)
+    def _kl_ref_point(self, indices: list[int]) -> torch.Tensor:
+        """KTO's reference point: KL(policy || reference) estimated from mismatched prompt/completion pairs within
+        the batch, without gradients (Ethayarajh et al. 2024, sec. 4.1)."""
+        pairs: list[EncodedPair] = [self.pairs[i] for i in indices]
+        batch = collate_sequences([p.prompt for p in pairs],
+                                  [pairs[(k + 1) % len(pairs)].chosen for k in range(len(pairs))], self.pad_id)
         with torch.no_grad():
             policy_kl, _ = sequence_logps(self.model, batch)
             with self._adapter_disabled():
                 ref_kl, _ = sequence_logps(self.model, batch)
-        half = len(indices)
-        kl_point = (policy_kl - ref_kl).mean()
-        per_example, rewards = losses.kto_loss(
-            torch.cat([policy.chosen, policy.rejected]), torch.cat([ref_chosen, ref_rejected]),
-            torch.cat([torch.ones(half, dtype=torch.bool), torch.zeros(half, dtype=torch.bool)]).to(kl_point.device),
-            kl_point, beta=beta, desirable_weight=s.kto_desirable_weight,
-            undesirable_weight=s.kto_undesirable_weight)
-        per_pair = (per_example[:half] + per_example[half:]) / 2
-        return per_pair, rewards[:half], rewards[half:]
+        return (policy_kl - ref_kl).mean()
+
+
+@register_trainer("preference", parse=parse_pair)
+def build_preference_trainer(ctx: BuildContext) -> PreferenceTrainer:
+    return PreferenceTrainer(ctx.lm, ctx.tokenizer, ctx.settings, **ctx.loop_options)

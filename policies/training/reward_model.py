@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,10 +16,12 @@ from policies.training.batching import plan_batches
 from policies.training.data import EncodedPair, PreferenceExample, collate, encode_pair
 from policies.training.heads import ScalarHead, hidden_size, last_hidden
 from policies.training.losses import bradley_terry_loss
-from policies.training.optimization import OptimSettings, StepLog, TrainingLoop
+from policies.training.optimization import EpochSettings, TrainingLoop
+from policies.training.preference import parse_pair
+from policies.training.trainer import BuildContext, OnStep, TrainResult, register_trainer
 
 
-class RewardModelSettings(OptimSettings):
+class RewardModelSettings(EpochSettings):
     max_length: int = Field(default=512, ge=16)
     eval_fraction: float = Field(default=0.2, ge=0, lt=1)
     """Share of pairs held out for evaluation (at least one pair when there are two or more)."""
@@ -109,10 +111,10 @@ class RewardModelTrainer:
         self.tokenizer = tokenizer
         self.settings = settings
         self.loop = TrainingLoop(model, settings, **loop_options)
+        self.heads = (model.head,)
 
-    def train(self, examples: Sequence[PreferenceExample],
-              on_step: Callable[[StepLog], None] | None = None) -> tuple[RewardEval, list[StepLog]]:
-        s = self.settings
+    def fit(self, data: Sequence[PreferenceExample], on_step: OnStep = None) -> TrainResult:
+        s, examples = self.settings, data
         if len(examples) < 1:
             raise ValueError("reward-model training needs at least one preference pair")
         pairs = [encode_pair(self.tokenizer, e, s.max_length) for e in examples]
@@ -134,7 +136,8 @@ class RewardModelTrainer:
             lambda epoch: plan_batches(lengths, s.batch_size, seed=s.seed, epoch=epoch, bucketing=s.length_bucketing),
             loss_fn, on_step)
         evaluated = held_idx or train_idx  # with a single pair there is nothing to hold out
-        return self.evaluate([pairs[i] for i in evaluated], [targets[i] for i in evaluated]), steps
+        evaluation = self.evaluate([pairs[i] for i in evaluated], [targets[i] for i in evaluated])
+        return TrainResult(reward_eval_metrics(evaluation) | {"rm_optimizer_steps": float(len(steps))}, steps)
 
     @torch.no_grad()
     def evaluate(self, pairs: Sequence[EncodedPair], targets: Sequence[float]) -> RewardEval:
@@ -159,3 +162,9 @@ class RewardModelTrainer:
 
 def reward_eval_metrics(result: RewardEval) -> dict[str, float]:
     return {f"rm_{k}": float(v) for k, v in asdict(result).items()}
+
+
+@register_trainer("reward_model", parse=parse_pair)
+def build_reward_model_trainer(ctx: BuildContext) -> RewardModelTrainer:
+    model = RewardModel.fresh(ctx.lm)
+    return RewardModelTrainer(model, ctx.tokenizer, ctx.settings, **ctx.loop_options)

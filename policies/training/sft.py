@@ -3,8 +3,9 @@ policy learns its own revisions. Loss is the mean NLL over completion tokens onl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from pydantic import Field
@@ -12,10 +13,11 @@ from pydantic import Field
 from policies.serving import Conversation
 from policies.training.batching import plan_batches
 from policies.training.data import collate_sequences, encode_completions, sequence_logps
-from policies.training.optimization import OptimSettings, StepLog, TrainingLoop
+from policies.training.optimization import EpochSettings, TrainingLoop
+from policies.training.trainer import BuildContext, OnStep, TrainResult, register_trainer
 
 
-class SFTSettings(OptimSettings):
+class SFTSettings(EpochSettings):
     max_length: int = Field(default=512, ge=16)
 
 
@@ -23,17 +25,6 @@ class SFTSettings(OptimSettings):
 class SFTExample:
     prompt: Conversation
     response: str
-
-
-@dataclass(frozen=True)
-class SFTResult:
-    loss_before: float
-    loss_after: float
-    steps: list[StepLog]
-
-    def metrics(self) -> dict[str, float]:
-        return {"sft_loss_before": self.loss_before, "sft_loss_after": self.loss_after,
-                "sft_optimizer_steps": float(len(self.steps))}
 
 
 def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -44,6 +35,8 @@ def token_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]
 
 
 class SFTTrainer:
+    heads: tuple[torch.nn.Module, ...] = ()
+
     def __init__(self, model, tokenizer, settings: SFTSettings, **loop_options):
         self.model = model
         self.tokenizer = tokenizer
@@ -57,7 +50,8 @@ class SFTTrainer:
             encoded.append((prompt, completion))
         return encoded
 
-    def train(self, examples: Sequence[SFTExample], on_step: Callable[[StepLog], None] | None = None) -> SFTResult:
+    def fit(self, data: Sequence[SFTExample], on_step: OnStep = None) -> TrainResult:
+        examples = data
         if not examples:
             raise ValueError("SFT needs at least one example")
         s = self.settings
@@ -87,4 +81,14 @@ class SFTTrainer:
         steps = self.loop.run(
             lambda epoch: plan_batches(lengths, s.batch_size, seed=s.seed, epoch=epoch, bucketing=s.length_bucketing),
             loss_fn, on_step)
-        return SFTResult(before, mean_loss(), steps)
+        return TrainResult({"sft_loss_before": before, "sft_loss_after": mean_loss(),
+                            "sft_optimizer_steps": float(len(steps))}, steps)
+
+
+def parse_sft_example(record: Mapping[str, Any]) -> SFTExample:
+    return SFTExample(record["prompt"], record["response"])
+
+
+@register_trainer("sft", parse=parse_sft_example)
+def build_sft_trainer(ctx: BuildContext) -> SFTTrainer:
+    return SFTTrainer(ctx.lm, ctx.tokenizer, ctx.settings, **ctx.loop_options)

@@ -30,7 +30,7 @@ def test_ppo_rollouts_are_served_from_the_current_adapter(vllm_served, smollm2_d
 
     prompts = [[{"role": "user", "content": f"Name a colour ({i})."}] for i in range(4)]
     settings = PPOSettings(rollouts=2, rollout_batch_size=4, max_new_tokens=12, batch_size=4, learning_rate=1e-3)
-    steps = PPOTrainer(model, tokenizer, settings, shorter_is_better, served=served).train(prompts, on_step)
+    steps = PPOTrainer(model, tokenizer, settings, shorter_is_better, served=served).fit(prompts, on_step).steps
 
     # Each rollout batch came from the adapter saved just before it, and only that one was loaded.
     assert seen == [["ppo-test-step0"], ["ppo-test-step1"]]

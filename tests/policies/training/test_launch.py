@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from policies.training.launcher import TrainingFailed, launch
@@ -14,6 +15,7 @@ PAIRS = [{"prompt": [{"role": "user", "content": f"Question {i}?"}], "chosen": f
 
 
 def spec_for(tmp_path, tiny_model_dir, **overrides) -> TrainSpec:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
     fields = {"kind": "preference", "model_dir": tiny_model_dir, "data": data, "output_dir": tmp_path / "out",
@@ -40,13 +42,25 @@ def test_a_failing_trainer_raises_with_its_log_tail(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_two_processes_with_deepspeed_zero2_on_cpu(tmp_path, tiny_model_dir):
-    pytest.importorskip("deepspeed")
-    spec = spec_for(tmp_path, tiny_model_dir, deepspeed="zero2")
-    metrics = launch(spec, launcher="torchrun", processes=2)
-    # 4 micro-batches of 2 pairs shared by 2 ranks: 2 optimizer steps, each over 4 pairs.
+def test_two_processes_with_deepspeed_zero2_end_where_one_process_does(tmp_path, tiny_model_dir):
+    import deepspeed  # noqa: F401  (in the test extras: missing, this test fails rather than skips)
+
+    events = []
+    settings = PreferenceSettings(batch_size=2, max_length=64, learning_rate=1e-2, scheduler="linear", warmup_steps=1)
+    spec = spec_for(tmp_path / "zero2", tiny_model_dir, deepspeed="zero2", preference=settings)
+    metrics = launch(spec, launcher="torchrun", processes=2, on_progress=events.append)
+    # 4 micro-batches of 2 pairs shared by 2 ranks: 2 optimizer steps, each over 4 pairs, reported once each.
     assert metrics["optimizer_steps"] == 2
+    assert [e["step"] for e in events if e["kind"] == "step"] == [1, 2]
     assert metrics["loss_after"] < metrics["loss_before"]
+    # One process accumulating the same two micro-batches per step takes the same steps (the same schedule too).
+    single = spec_for(tmp_path / "one", tiny_model_dir, preference=settings.model_copy(update={"grad_accum": 2}))
+    launch(single)
+    ours = load_file(single.adapter_dir / "adapter_model.safetensors")
+    theirs = load_file(spec.adapter_dir / "adapter_model.safetensors")
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        torch.testing.assert_close(theirs[name], ours[name], atol=1e-4, rtol=1e-3)
 
 
 def test_more_than_one_process_needs_a_deepspeed_config(tmp_path, tiny_model_dir):

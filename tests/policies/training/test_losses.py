@@ -212,6 +212,19 @@ def test_ipo_loss_by_hand() -> None:
     assert at_target[0].item() == 0.0
 
 
+def test_ipo_loss_averages_every_log_prob_over_its_completion_length() -> None:
+    # Pair 0 with chosen length 2, rejected length 4: chosen log-ratio (-1.0 + 1.5) / 2 = 0.25,
+    # rejected log-ratio (-2.0 + 1.5) / 4 = -0.125, so h = 0.375; target 1 / (2 * 0.4) = 1.25.
+    losses, chosen_rewards, rejected_rewards = ipo_loss(
+        t(-1.0), t(-2.0), t(-1.5), t(-1.5), beta=0.4, chosen_lengths=torch.tensor([2]),
+        rejected_lengths=torch.tensor([4]))
+    assert losses.tolist() == approx([(0.375 - 1.25) ** 2])
+    assert chosen_rewards.tolist() == approx([0.4 * 0.25])
+    assert rejected_rewards.tolist() == approx([0.4 * -0.125])
+    with pytest.raises(ValueError, match="both"):
+        ipo_loss(t(-1.0), t(-2.0), t(-1.5), t(-1.5), chosen_lengths=torch.tensor([2]))
+
+
 def test_robust_dpo_loss_by_hand() -> None:
     eps = 0.1
     losses, chosen_rewards, _ = robust_dpo_loss(*pairs(), beta=0.1, label_smoothing=eps)
@@ -278,7 +291,8 @@ def test_orpo_loss_odds_ratio_by_hand() -> None:
     odds_chosen = p_chosen / (1 - p_chosen)
     odds_rejected = p_rejected / (1 - p_rejected)
     log_odds_ratio = math.log(odds_chosen / odds_rejected)
-    assert losses.tolist() == approx([-beta * log_sigmoid(log_odds_ratio)])
+    # Eq. 6: the chosen response's mean NLL (0.3) plus lambda times the odds-ratio term.
+    assert losses.tolist() == approx([0.3 - beta * log_sigmoid(log_odds_ratio)])
     assert chosen_rewards.tolist() == approx([-0.03])
     assert rejected_rewards.tolist() == approx([-0.1])
 

@@ -45,9 +45,9 @@ def test_sft_lowers_the_loss_on_its_examples(tiny_model_dir):
     model = attach_trainable_adapter(model, LoraSettings(r=4, alpha=8))
     examples = [SFTExample([{"role": "user", "content": f"Say hello {i}"}], "Hello there, friend.") for i in range(4)]
     result = SFTTrainer(model, tokenizer, SFTSettings(learning_rate=2e-2, epochs=4, batch_size=2,
-                                                      max_length=64)).train(examples)
+                                                      max_length=64)).fit(examples)
     assert len(result.steps) == 8
-    assert result.loss_after < result.loss_before
+    assert result.metrics["sft_loss_after"] < result.metrics["sft_loss_before"]
 
 
 def test_reward_model_learns_a_consistent_preference(tiny_model_dir):
@@ -58,11 +58,12 @@ def test_reward_model_learns_a_consistent_preference(tiny_model_dir):
                                   chosen="Sure, here it is: " + "ok " * i, rejected="No.", target=0.9)
                 for i in range(12)]
     settings = RewardModelSettings(learning_rate=2e-2, epochs=6, batch_size=4, max_length=64, eval_fraction=0.25)
-    evaluation, steps = RewardModelTrainer(model, tokenizer, settings).train(examples)
-    assert evaluation.pairs == 3
-    assert evaluation.accuracy == 1.0
-    assert 0 <= evaluation.ece <= 1 and 0 <= evaluation.judge_mae <= 1
-    assert -1 <= evaluation.length_correlation <= 1
+    result = RewardModelTrainer(model, tokenizer, settings).fit(examples)
+    evaluation, steps = result.metrics, result.steps
+    assert evaluation["rm_pairs"] == 3
+    assert evaluation["rm_accuracy"] == 1.0
+    assert 0 <= evaluation["rm_ece"] <= 1 and 0 <= evaluation["rm_judge_mae"] <= 1
+    assert -1 <= evaluation["rm_length_correlation"] <= 1
     assert steps[-1].metrics["loss"] < steps[0].metrics["loss"]
 
 
@@ -93,9 +94,54 @@ def test_ppo_raises_a_toy_reward(peaked_policy):
 
     settings = PPOSettings(rollouts=6, rollout_batch_size=16, max_new_tokens=16, batch_size=4, learning_rate=3e-3,
                            kl_coef=0.02, ppo_epochs=2, seed=0)
-    steps = PPOTrainer(model, tokenizer, settings, reward).train(prompts)
+    steps = PPOTrainer(model, tokenizer, settings, reward).fit(prompts).steps
     first, last = steps[0].metrics, steps[-1].metrics
     assert last["reward_mean"] > first["reward_mean"] + 1.0
     assert last["kl"] > 0  # the policy moved away from the reference
     for key in ("kl", "entropy", "clip_fraction", "reward_mean", "reward_std", "value_loss", "policy_loss"):
         assert all(math.isfinite(s.metrics[key]) for s in steps), key
+
+
+def test_ppo_resumes_exactly_from_its_checkpoint(peaked_policy, tiny_model_dir, tmp_path):
+    """A PPO run stopped after a checkpoint and restarted ends with the weights (adapter with dropout, value head)
+    of the uninterrupted run: optimizer, schedule, RNG and KL coefficient come back from the checkpoint."""
+    from transformers import LlamaForCausalLM
+
+    _, tokenizer = peaked_policy
+    prompts = [[{"role": "user", "content": f"Say something {i}"}] for i in range(6)]
+    settings = PPOSettings(rollouts=3, rollout_batch_size=4, max_new_tokens=6, batch_size=2, learning_rate=3e-3,
+                           scheduler="linear", adaptive_kl=True, kl_target=0.5, checkpoint_every=1)
+
+    def reward(rollouts):
+        return [float(sum(t % 2 == 0 for t in r.completion_ids)) for r in rollouts]
+
+    def policy(seed: int):
+        lm, _ = load_model(tiny_model_dir, device="cpu")
+        torch.manual_seed(0)
+        lm = LlamaForCausalLM(lm.config.__class__(**{**lm.config.to_dict(), "tie_word_embeddings": False}))
+        torch.manual_seed(seed)  # the adapter's and value head's random init: the checkpoint must override it
+        return PolicyWithValue(attach_trainable_adapter(lm, LoraSettings(r=4, alpha=8, dropout=0.2)))
+
+    def weights(model):
+        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    model = policy(seed=1)
+    whole = PPOTrainer(model, tokenizer, settings, reward, checkpoint_dir=tmp_path / "a").fit(prompts)
+    uninterrupted = weights(model)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_step_2(step):
+        if step.step == 2:
+            raise Crash  # after step 1's checkpoint, before step 2's
+
+    model = policy(seed=1)
+    with pytest.raises(Crash):
+        PPOTrainer(model, tokenizer, settings, reward, checkpoint_dir=tmp_path / "b").fit(prompts, crash_after_step_2)
+    model = policy(seed=7)
+    resumed = PPOTrainer(model, tokenizer, settings, reward, checkpoint_dir=tmp_path / "b").fit(prompts)
+    assert [s.step for s in resumed.steps] == [2, 3]
+    assert resumed.steps[-1].metrics["kl_coef"] == whole.steps[-1].metrics["kl_coef"]
+    for name, value in weights(model).items():
+        torch.testing.assert_close(value, uninterrupted[name], atol=1e-6, rtol=1e-5)

@@ -55,14 +55,14 @@ def test_dpo_step_changes_adapter_and_starts_at_log_two(tiny_model_dir, tmp_path
     model, tokenizer = load_model(tiny_model_dir, device="cpu")
     model = attach_trainable_adapter(model, LoraSettings(r=4, alpha=8))
     settings = PreferenceSettings(beta=0.1, learning_rate=1e-2, epochs=2, batch_size=4, max_length=64)
-    result = PreferenceTrainer(model, tokenizer, settings).train(EXAMPLES)
+    result = PreferenceTrainer(model, tokenizer, settings).fit(EXAMPLES)
     # A fresh LoRA adapter is the identity, so the policy equals the reference: loss = -log sigmoid(0) = log 2.
-    assert result.before.loss == pytest.approx(math.log(2), abs=1e-5)
-    assert result.before.reward_margin == pytest.approx(0.0, abs=1e-5)
+    assert result.metrics["loss_before"] == pytest.approx(math.log(2), abs=1e-5)
+    assert result.metrics["reward_margin_before"] == pytest.approx(0.0, abs=1e-5)
     assert len(result.steps) == 4  # 2 batches x 2 epochs
     assert all(math.isfinite(s.metrics["loss"]) for s in result.steps)
-    assert result.after.loss < result.before.loss
-    assert result.after.reward_margin > 0
+    assert result.metrics["loss_after"] < result.metrics["loss_before"]
+    assert result.metrics["reward_margin_after"] > 0
     saved = load_file(save_adapter(model, tmp_path / "v1") / "adapter_model.safetensors")
     lora_b = [t for name, t in saved.items() if "lora_B" in name]
     assert lora_b and any(t.abs().sum() > 0 for t in lora_b)  # B starts at zero: non-zero means trained
@@ -72,7 +72,7 @@ def test_gradient_accumulation_takes_one_step_per_window(tiny_model_dir):
     model, tokenizer = load_model(tiny_model_dir, device="cpu")
     model = attach_trainable_adapter(model, LoraSettings(r=4, alpha=8))
     settings = PreferenceSettings(epochs=1, batch_size=2, grad_accum=2, max_length=64)
-    result = PreferenceTrainer(model, tokenizer, settings).train(EXAMPLES)
+    result = PreferenceTrainer(model, tokenizer, settings).fit(EXAMPLES)
     assert len(result.steps) == 2  # 3 micro-batches: one full window, then the remainder
 
 
@@ -89,17 +89,17 @@ def test_reference_is_the_base_model_with_the_adapter_disabled(tiny_model_dir):
     with torch.no_grad():
         policy_chosen, _ = completion_logps(model, collate(pairs, tokenizer.pad_token_id))
         base_chosen, _ = completion_logps(base_model, collate(pairs, tokenizer.pad_token_id))
-    result = trainer.train(EXAMPLES)
+    result = trainer.fit(EXAMPLES)
     # `kl` is mean(log pi - log pi_ref) over chosen completions: pi_ref must be the untouched base model.
-    assert result.before.kl == pytest.approx((policy_chosen - base_chosen).mean().item(), abs=1e-4)
-    assert abs(result.before.kl) > 1e-3
+    assert result.metrics["kl_before"] == pytest.approx((policy_chosen - base_chosen).mean().item(), abs=1e-4)
+    assert abs(result.metrics["kl_before"]) > 1e-3
 
 
 def test_no_pairs_is_a_clear_error(tiny_model_dir):
     model, tokenizer = load_model(tiny_model_dir, device="cpu")
     model = attach_trainable_adapter(model, LoraSettings(r=4, alpha=8))
     with pytest.raises(ValueError, match="at least one preference pair"):
-        PreferenceTrainer(model, tokenizer, PreferenceSettings()).train([])
+        PreferenceTrainer(model, tokenizer, PreferenceSettings()).fit([])
 
 
 def fresh_policy(tiny_model_dir, seed: int = 0):
@@ -112,21 +112,23 @@ def trainable(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def test_accumulating_eight_micro_batches_of_one_equals_one_batch_of_eight(tiny_model_dir):
+@pytest.mark.parametrize(("n", "split"), [(8, (1, 8)), (7, (3, 3))], ids=["8x1", "uneven-3-3-1"])
+def test_accumulated_micro_batches_equal_one_big_batch(tiny_model_dir, n, split):
+    """n pairs in one window, as micro-batches of `split[0]` (the last one shorter when uneven, e.g. 3, 3, 1),
+    step exactly like one batch of n: each micro-batch's mean loss is weighted by its share of the window."""
     examples = [PreferenceExample([{"role": "user", "content": f"Q{i} " * (i + 1)}], f"yes {i}", "no " * (i + 1))
-                for i in range(8)]
+                for i in range(n)]
     results = []
-    for batch_size, grad_accum in ((8, 1), (1, 8)):
+    for batch_size, grad_accum in ((n, 1), split):
         model, tokenizer = fresh_policy(tiny_model_dir)
         settings = PreferenceSettings(optimizer="sgd", learning_rate=0.5, batch_size=batch_size, grad_accum=grad_accum,
                                       max_steps=1, max_length=64, max_grad_norm=1e9)
-        PreferenceTrainer(model, tokenizer, settings).train(examples)
+        assert len(PreferenceTrainer(model, tokenizer, settings).fit(examples).steps) == 1
         results.append(trainable(model))
-    one_by_eight, eight_by_one = results
-    changed = [n for n in one_by_eight if "lora_B" in n]
-    assert any(one_by_eight[n].abs().sum() > 0 for n in changed)
-    for name in one_by_eight:
-        torch.testing.assert_close(one_by_eight[name], eight_by_one[name], atol=1e-6, rtol=1e-4)
+    one, accumulated = results
+    assert any(one[n].abs().sum() > 0 for n in one if "lora_B" in n)
+    for name in one:
+        torch.testing.assert_close(accumulated[name], one[name], atol=1e-6, rtol=1e-4)
 
 
 def test_precomputed_and_online_reference_train_identically(tiny_model_dir):
@@ -134,7 +136,7 @@ def test_precomputed_and_online_reference_train_identically(tiny_model_dir):
     for reference in ("precompute", "online"):
         model, tokenizer = fresh_policy(tiny_model_dir)
         settings = PreferenceSettings(reference=reference, batch_size=2, max_steps=3, max_length=64, learning_rate=1e-2)
-        PreferenceTrainer(model, tokenizer, settings).train(EXAMPLES)
+        PreferenceTrainer(model, tokenizer, settings).fit(EXAMPLES)
         results.append(trainable(model))
     for name in results[0]:
         torch.testing.assert_close(results[0][name], results[1][name], atol=1e-6, rtol=1e-5)
@@ -143,7 +145,7 @@ def test_precomputed_and_online_reference_train_identically(tiny_model_dir):
 def test_resumed_run_equals_uninterrupted_run(tiny_model_dir, tmp_path):
     settings = PreferenceSettings(batch_size=2, epochs=2, max_length=64, learning_rate=1e-2, checkpoint_every=1)
     model, tokenizer = fresh_policy(tiny_model_dir)
-    PreferenceTrainer(model, tokenizer, settings, checkpoint_dir=tmp_path / "a").train(EXAMPLES)
+    PreferenceTrainer(model, tokenizer, settings, checkpoint_dir=tmp_path / "a").fit(EXAMPLES)
     uninterrupted = trainable(model)
 
     class Crash(Exception):
@@ -155,12 +157,12 @@ def test_resumed_run_equals_uninterrupted_run(tiny_model_dir, tmp_path):
 
     model, tokenizer = fresh_policy(tiny_model_dir)
     with pytest.raises(Crash):
-        PreferenceTrainer(model, tokenizer, settings, checkpoint_dir=tmp_path / "b").train(EXAMPLES, crash_at_step_4)
+        PreferenceTrainer(model, tokenizer, settings, checkpoint_dir=tmp_path / "b").fit(EXAMPLES, crash_at_step_4)
     assert sorted(p.name for p in (tmp_path / "b").glob("step-*")) == ["step-00000002", "step-00000003"]
 
     # A new process would start from a fresh adapter with a different random init: the checkpoint must win.
     model, tokenizer = fresh_policy(tiny_model_dir, seed=123)
-    result = PreferenceTrainer(model, tokenizer, settings, checkpoint_dir=tmp_path / "b").train(EXAMPLES)
+    result = PreferenceTrainer(model, tokenizer, settings, checkpoint_dir=tmp_path / "b").fit(EXAMPLES)
     assert [s.step for s in result.steps] == [4, 5, 6]
     resumed = trainable(model)
     for name in uninterrupted:
@@ -173,21 +175,54 @@ def test_soft_labels_of_one_half_leave_a_fresh_policy_unchanged(tiny_model_dir):
     model, tokenizer = fresh_policy(tiny_model_dir)
     before = trainable(model)
     settings = PreferenceSettings(soft_labels=True, optimizer="sgd", learning_rate=1.0, max_length=64, max_steps=1)
-    PreferenceTrainer(model, tokenizer, settings).train(undecided)
+    PreferenceTrainer(model, tokenizer, settings).fit(undecided)
     for name, value in trainable(model).items():
         torch.testing.assert_close(value, before[name], atol=1e-7, rtol=0)
 
 
 @pytest.mark.parametrize("loss", list(LossType))
-def test_every_loss_trains_and_stays_finite(tiny_model_dir, loss):
+def test_every_loss_raises_the_reward_margin_on_a_consistent_preference(tiny_model_dir, loss):
     model, tokenizer = fresh_policy(tiny_model_dir)
     before = trainable(model)
-    settings = PreferenceSettings(loss=loss, batch_size=3, max_steps=2, max_length=64, learning_rate=1e-2,
+    settings = PreferenceSettings(loss=loss, batch_size=3, epochs=4, max_length=64, learning_rate=1e-2,
                                   label_smoothing=0.1 if loss in (LossType.CDPO, LossType.RDPO) else 0.0)
-    result = PreferenceTrainer(model, tokenizer, settings).train(EXAMPLES)
-    assert len(result.steps) == 2
+    result = PreferenceTrainer(model, tokenizer, settings).fit(EXAMPLES)
+    assert len(result.steps) == 8
     assert all(math.isfinite(v) for s in result.steps for k, v in s.metrics.items() if k != "kl")
     assert any(not torch.equal(before[n], v) for n, v in trainable(model).items())
+    # Direction, not only finiteness: the chosen answers gain on the rejected ones.
+    assert result.metrics["reward_margin_after"] > result.metrics["reward_margin_before"] + 1e-3
+
+
+def test_resume_with_dropout_and_a_cosine_schedule_equals_the_uninterrupted_run(tiny_model_dir, tmp_path):
+    # Dropout draws from the RNG and the schedule changes the rate every step: both must be restored exactly.
+    settings = PreferenceSettings(batch_size=2, epochs=2, max_length=64, learning_rate=1e-2, checkpoint_every=2,
+                                  scheduler="cosine", warmup_steps=1)
+
+    def policy(seed: int = 0):
+        model, tokenizer = load_model(tiny_model_dir, device="cpu")
+        torch.manual_seed(seed)
+        return attach_trainable_adapter(model, LoraSettings(r=4, alpha=8, dropout=0.3)), tokenizer
+
+    model, tokenizer = policy()
+    PreferenceTrainer(model, tokenizer, settings, checkpoint_dir=tmp_path / "a").fit(EXAMPLES)
+    uninterrupted = trainable(model)
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_step_3(step):
+        if step.step == 3:
+            raise Crash
+
+    model, tokenizer = policy()
+    with pytest.raises(Crash):
+        PreferenceTrainer(model, tokenizer, settings, checkpoint_dir=tmp_path / "b").fit(EXAMPLES, crash_at_step_3)
+    model, tokenizer = policy(seed=99)
+    result = PreferenceTrainer(model, tokenizer, settings, checkpoint_dir=tmp_path / "b").fit(EXAMPLES)
+    assert [s.step for s in result.steps] == [3, 4, 5, 6]
+    for name, value in trainable(model).items():
+        torch.testing.assert_close(value, uninterrupted[name], atol=1e-6, rtol=1e-5)
 
 
 def test_chunked_completion_logps_equal_a_plain_log_softmax_with_gradients(tiny_model_dir, monkeypatch):
@@ -217,3 +252,59 @@ def test_chunked_completion_logps_equal_a_plain_log_softmax_with_gradients(tiny_
     for name, param in model.named_parameters():
         if param.requires_grad:
             torch.testing.assert_close(ours[name], param.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_shared_prefix_packing_lays_out_positions_and_masks_by_hand():
+    from policies.training.data import pack_shared_prefix
+
+    # Pair 0: prompt [1, 2], chosen [3, 4], rejected [5]; pair 1: prompt [6], chosen [7], rejected [8, 9].
+    pairs = [EncodedPair([1, 2], [3, 4], [5]), EncodedPair([6], [7], [8, 9])]
+    batch = pack_shared_prefix(pairs, pad_id=0, row_budget=16)
+    assert batch.input_ids.tolist() == [[1, 2, 3, 4, 5, 6, 7, 8, 9]]
+    # The rejected completion continues from the prompt's end, as if the chosen one were absent.
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 2, 0, 1, 1, 2]]
+    mask = batch.attention_mask[0, 0].int().tolist()
+    assert mask[4] == [1, 1, 0, 0, 1, 0, 0, 0, 0]  # rejected 5 sees the prompt and itself, not chosen 3, 4
+    assert mask[3] == [1, 1, 1, 1, 0, 0, 0, 0, 0]  # chosen 4 sees the prompt, chosen 3 and itself
+    assert mask[8] == [0, 0, 0, 0, 0, 1, 0, 1, 1]  # pair 1's rejected 9 never sees pair 0
+    # Completion tokens and the position whose hidden state predicts each: token 0 by the prompt's last token.
+    assert batch.targets.tolist() == [3, 4, 5, 7, 8, 9]
+    assert batch.sources.tolist() == [1, 2, 1, 5, 5, 7]
+    assert batch.segment.tolist() == [0, 0, 1, 2, 3, 3]
+    assert batch.tokens == 9
+    # A row budget smaller than both pairs puts each in its own row, padded at the end.
+    split = pack_shared_prefix(pairs, pad_id=0, row_budget=5)
+    assert split.input_ids.tolist() == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 0]]
+
+
+def test_prefix_sharing_gives_the_unshared_log_probs_and_gradients(tiny_model_dir):
+    """Correctness first: one packed prompt for chosen and rejected must equal scoring them separately."""
+    from policies.training.data import pack_shared_prefix, sequence_logps, shared_prefix_logps
+
+    model, tokenizer = fresh_policy(tiny_model_dir)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.1)  # an adapter that matters, so gradients reach every LoRA matrix
+    examples = [PreferenceExample([{"role": "user", "content": "Q " * (3 * i + 1)}], "yes " * (i + 2), "no " * (5 - i))
+                for i in range(5)]
+    pairs = [encode_pair(tokenizer, e, 64) for e in examples]
+    targets = torch.tensor([1.0, -0.5, 2.0, 0.3, -1.0])
+
+    def gradients(chosen, rejected):
+        model.zero_grad()
+        (targets @ chosen + targets.flip(0) @ rejected).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    sums, counts = sequence_logps(model, collate(pairs, tokenizer.pad_token_id))
+    plain_counts = counts
+    plain = gradients(sums[:5], sums[5:])
+    for budget in (400, 60):  # all pairs in one row; about one pair per row
+        chosen, rejected, chosen_len, rejected_len = shared_prefix_logps(
+            model, pack_shared_prefix(pairs, tokenizer.pad_token_id, budget))
+        torch.testing.assert_close(chosen, sums[:5], atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(rejected, sums[5:], atol=1e-4, rtol=1e-5)
+        assert chosen_len.tolist() == plain_counts[:5].tolist() and rejected_len.tolist() == plain_counts[5:].tolist()
+        shared = gradients(chosen, rejected)
+        for name, grad in plain.items():
+            torch.testing.assert_close(shared[name], grad, atol=1e-5, rtol=1e-4)

@@ -11,9 +11,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from policies.training import losses
+# TRL is in the test extras: without it these tests must fail (an import error), never skip.
+import trl.experimental.cpo.cpo_trainer as cpo
+import trl.experimental.orpo.orpo_trainer as orpo
+import trl.trainer.dpo_trainer as trl_dpo
+import trl.trainer.kto_trainer as kto
 
-trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer", reason="TRL is installed with the test extras")
+from policies.training import losses
 
 B = 6
 
@@ -36,7 +40,8 @@ class OneTokenModel(torch.nn.Module):
                                is_top1=torch.zeros_like(zeros, dtype=torch.bool))
 
 
-def trl_loss(loss_type: str, beta: float, label_smoothing: float, pc, pr, rc, rr) -> torch.Tensor:
+def trl_loss(loss_type: str, beta: float, label_smoothing: float, pc, pr, rc, rr,
+             completion_mask: torch.Tensor | None = None) -> torch.Tensor:
     trainer = trl_dpo.DPOTrainer.__new__(trl_dpo.DPOTrainer)
     model = OneTokenModel(torch.cat([pc, pr]))
     accelerator = SimpleNamespace(device="cpu", gather_for_metrics=lambda x: x, gather=lambda x: x)
@@ -46,7 +51,8 @@ def trl_loss(loss_type: str, beta: float, label_smoothing: float, pc, pr, rc, rr
         label_smoothing=label_smoothing, use_weighting=False,
         _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, _total_train_tokens=0, _tp_size=1)
     inputs = {"input_ids": torch.zeros(2 * B, 4, dtype=torch.long), "attention_mask": torch.ones(2 * B, 4),
-              "completion_mask": torch.ones(2 * B, 4), "ref_chosen_logps": rc, "ref_rejected_logps": rr}
+              "completion_mask": torch.ones(2 * B, 4) if completion_mask is None else completion_mask,
+              "ref_chosen_logps": rc, "ref_rejected_logps": rr}
     return trainer._compute_loss(model, inputs, return_outputs=False)
 
 
@@ -64,3 +70,68 @@ def test_robust_dpo_equals_trl(logps):
 def test_hinge_equals_trl(logps):
     ours, _, _ = losses.hinge_loss(*logps, beta=0.1)
     torch.testing.assert_close(ours.mean(), trl_loss("hinge", 0.1, 0.0, *logps))
+
+
+def test_ipo_with_length_averaging_equals_trl(logps):
+    # TRL averages each log-ratio over its completion's token count: lengths 1..4, chosen and rejected differing.
+    completion_mask = torch.zeros(2 * B, 4)
+    lengths = torch.tensor([1, 2, 3, 4, 2, 3, 4, 1, 3, 2, 1, 4])
+    for row, n in enumerate(lengths):
+        completion_mask[row, :n] = 1
+    ours, _, _ = losses.ipo_loss(*logps, beta=0.3, chosen_lengths=lengths[:B], rejected_lengths=lengths[B:])
+    torch.testing.assert_close(ours.mean(), trl_loss("ipo", 0.3, 0.0, *logps, completion_mask=completion_mask))
+
+
+def test_simpo_equals_trl_cpo_with_simpo_loss(logps):
+    policy_chosen, policy_rejected = logps[0], logps[1]
+    chosen_len, rejected_len = torch.tensor([3, 5, 2, 7, 4, 6]), torch.tensor([4, 2, 6, 3, 5, 1])
+    trainer = cpo.CPOTrainer.__new__(cpo.CPOTrainer)
+    trainer.__dict__.update(alpha=0.0, loss_type="simpo", simpo_gamma=0.7, beta=2.5, label_smoothing=0.0,
+                            accelerator=SimpleNamespace(device="cpu"))
+    # TRL's CPOTrainer passes length-averaged log-probs for simpo; ours averages the summed ones itself.
+    theirs, _, _ = trainer.cpo_loss(policy_chosen / chosen_len, policy_rejected / rejected_len)
+    ours, _, _ = losses.simpo_loss(policy_chosen, policy_rejected, chosen_len, rejected_len, beta=2.5, gamma=0.7)
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_orpo_equals_trl_orpo_loss(logps):
+    # Equal completion lengths within the batch: TRL's NLL is a mean over all chosen tokens of the batch, ours a
+    # mean over each pair's tokens, then over pairs; the two agree exactly when the lengths agree.
+    length = torch.full((B,), 9)
+    chosen, rejected = logps[0] / 4, logps[1] / 4  # mean log-probs in a range where P(y) is not negligible
+    trainer = orpo.ORPOTrainer.__new__(orpo.ORPOTrainer)
+    trainer.__dict__.update(beta=0.2, aux_loss_enabled=False, accelerator=SimpleNamespace(
+        device="cpu", gather_for_metrics=lambda x: x))
+    nll = -(chosen * length).sum() / length.sum()
+    # TRL's forward hands the odds-ratio term length-averaged log-probs.
+    trainer.concatenated_forward = lambda model, batch: (chosen, rejected, torch.zeros(1), torch.zeros(1), nll)
+    theirs, _ = trainer.get_batch_loss_metrics(None, {}, train_eval="train")
+    ours, _, _ = losses.orpo_loss(chosen * length, rejected * length, length, length, beta=0.2)
+    torch.testing.assert_close(ours.mean(), theirs.to(ours.dtype))
+
+
+def test_kto_equals_trl(logps):
+    from policies.training.objectives import OBJECTIVES, PairBatch
+    from policies.training.preference import PreferenceSettings
+
+    policy_chosen, policy_rejected, ref_chosen, ref_rejected = logps
+    g = torch.Generator().manual_seed(1)
+    kl_policy, kl_ref = (-torch.rand(B, generator=g, dtype=torch.float64) * 20 for _ in range(2))
+    model = OneTokenModel(torch.cat([policy_chosen, policy_rejected]))
+    trainer = kto.KTOTrainer.__new__(kto.KTOTrainer)
+    accelerator = SimpleNamespace(device="cpu", gather_for_metrics=lambda x: x, gather=lambda x: x)
+    trainer.__dict__.update(
+        model=model, accelerator=accelerator, aux_loss_enabled=False, precompute_ref_logps=True, calculate_KL=True,
+        loss_type="kto", beta=0.3, desirable_weight=1.5, undesirable_weight=0.5,
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, _total_train_tokens=0, _tp_size=1)
+    trainer._compute_kl_logps = lambda model, batch: kl_policy
+    inputs = {"input_ids": torch.zeros(2 * B, 4, dtype=torch.long), "attention_mask": torch.ones(2 * B, 4),
+              "completion_mask": torch.ones(2 * B, 4), "label": torch.tensor([True] * B + [False] * B),
+              "ref_logps": torch.cat([ref_chosen, ref_rejected]), "ref_KL_logps": kl_ref}
+    theirs = trainer._compute_loss(model, inputs, return_outputs=False)
+
+    settings = PreferenceSettings(loss="kto", beta=0.3, kto_desirable_weight=1.5, kto_undesirable_weight=0.5)
+    batch = PairBatch(policy_chosen, policy_rejected, torch.ones(B), torch.ones(B), torch.ones(B), ref_chosen,
+                      ref_rejected, (kl_policy - kl_ref).mean())
+    ours, _, _ = OBJECTIVES["kto"].compute(batch, settings)
+    torch.testing.assert_close(ours.mean(), theirs)

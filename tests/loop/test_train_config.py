@@ -1,0 +1,161 @@
+"""Every run-config field acts or is rejected: each either reaches the trainer specs the loop builds, or is listed
+here as acting in the loop only (with where it acts); the train settings reject values that would do nothing."""
+
+from __future__ import annotations
+
+import enum
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from loop.config import RunConfig
+from loop.train_stage import train_spec
+
+LOOP_ONLY = {
+    "home": "caches: where the built-in model is converted (the spec gets the converted model_dir)",
+    "constitution": "critique and judge stages",
+    "model.name": "resolved by the loop's engines into the spec's model_dir",
+    "prompts": "generate stage (prompt files and count)",
+    "generation": "generate stage; with backend vllm-server, server.url is also PPO's rollout_server",
+    "critique": "critique stage",
+    "judge": "judge stage and the pair margin",
+    "train.launcher": "the command that starts the trainer process (launcher.launch)",
+    "train.processes": "the number of trainer processes (launcher.launch)",
+}
+
+# Settings that only act in some configurations: the walk changes them inside such a configuration.
+CONTEXT = {
+    "train.sft.": {"train": {"sft_on_revisions": True}},
+    "train.reward_model.": {"train": {"trainer": "ppo"}},
+    "train.ppo.": {"train": {"trainer": "ppo"}},
+    "train.ppo.kl_target": {"train": {"trainer": "ppo", "ppo": {"adaptive_kl": True}}},
+    "train.ppo.kl_horizon": {"train": {"trainer": "ppo", "ppo": {"adaptive_kl": True}}},
+    "train.preference.label_smoothing": {"train": {"trainer": "cdpo", "preference": {"label_smoothing": 0.2}}},
+    "train.preference.simpo_gamma": {"train": {"trainer": "simpo"}},
+    "train.preference.kto_desirable_weight": {"train": {"trainer": "kto"}},
+    "train.preference.kto_undesirable_weight": {"train": {"trainer": "kto"}},
+    "train.deepspeed": {"train": {"launcher": "torchrun", "processes": 2, "deepspeed": "zero3"}},
+}
+VALUES = {"train.deepspeed": "zero2", "train.trainer": "ipo", "train.lora.target_modules": ["q_proj", "v_proj"],
+          "model.device": "cpu"}
+
+
+def leaves(model: type[BaseModel], prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for name, info in model.model_fields.items():
+        path = prefix + name
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            out += leaves(info.annotation, path + ".")
+        else:
+            out.append((path, info))
+    return out
+
+
+def is_loop_only(path: str) -> bool:
+    return any(path == p or path.startswith(p + ".") for p in LOOP_ONLY)
+
+
+def nested(path: str, value) -> dict:
+    head, _, rest = path.partition(".")
+    return {head: nested(rest, value) if rest else value}
+
+
+def merge(a: dict, b: dict) -> dict:
+    return {**a, **{k: merge(a[k], v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+                    for k, v in b.items()}}
+
+
+def get(data: dict, path: str, default):
+    for part in path.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return default
+        data = data[part]
+    return data
+
+
+def other_value(path: str, info, current):
+    if path in VALUES:
+        return VALUES[path]
+    choices = [a for a in typing.get_args(info.annotation) if a is not type(None)] or [info.annotation]
+    if current is None:
+        kind = choices[0]
+        return 2 if kind is int else 0.3 if kind is float else pytest.fail(f"no value for {path}")
+    if isinstance(current, bool):
+        return not current
+    if isinstance(current, enum.Enum) or typing.get_origin(info.annotation) in (typing.Literal, types.UnionType):
+        options = [v for a in choices for v in (list(a) if isinstance(a, type) and issubclass(a, enum.Enum)
+                                                 else typing.get_args(a) or [a])]
+        others = [o for o in options if o != current and not isinstance(o, type)]
+        if others:
+            return others[0]
+    if isinstance(current, int):
+        return current + 1
+    if isinstance(current, float):
+        return current * 0.5 if current else 0.1
+    pytest.fail(f"no other value for {path} = {current!r}")
+
+
+def specs(data: dict) -> dict[str, dict]:
+    config = RunConfig(**data)
+    return {kind: train_spec(config, kind, iteration=1, model_dir=Path("m"), data=Path("d.jsonl"),
+                             output_dir=Path("o")).model_dump(mode="json")
+            for kind in config.train.used_sections()}
+
+
+BASE = {"prompts": {"files": ["p.jsonl"]}}
+WALKED = [(path, info) for path, info in leaves(RunConfig) if not is_loop_only(path)]
+
+
+@pytest.mark.parametrize(("path", "info"), WALKED, ids=[p for p, _ in WALKED])
+def test_every_config_field_reaches_a_trainer_spec(path, info):
+    context = merge(BASE, next((c for p, c in sorted(CONTEXT.items(), key=lambda kv: -len(kv[0]))
+                                if path.startswith(p)), {}))
+    current = get(context, path, info.get_default(call_default_factory=True))
+    changed = merge(context, nested(path, other_value(path, info, current)))
+    assert specs(changed) != specs(context), f"{path} does not reach any trainer spec"
+
+
+def test_the_walk_covers_the_train_section_and_the_seed():
+    walked = {p for p, _ in WALKED}
+    assert {"seed", "threads", "model.dtype", "train.trainer", "train.preference.beta", "train.ppo.kl_coef",
+            "train.lora.r", "train.sft_on_revisions"} <= walked
+
+
+def test_the_run_seed_gives_each_trainer_its_own_seed():
+    config = RunConfig(**merge(BASE, {"seed": 7, "train": {"trainer": "ppo"}}))
+    seeds = {train_spec(config, kind, iteration=1, model_dir=Path("m"), data=Path("d"), output_dir=Path("o"))
+             .model_dump()[kind]["seed"] for kind in ("reward_model", "ppo")}
+    assert len(seeds) == 2
+
+
+@pytest.mark.parametrize(("train", "message"), [
+    ({"trainer": "cdpo"}, "cdpo needs label_smoothing > 0"),
+    ({"trainer": "rdpo"}, "rdpo needs label_smoothing > 0"),
+    ({"trainer": "ipo", "preference": {"soft_labels": True}}, "soft_labels is only used by the dpo loss"),
+    ({"trainer": "cdpo", "preference": {"soft_labels": True, "label_smoothing": 0.1}}, "soft_labels"),
+    ({"trainer": "dpo", "preference": {"label_smoothing": 0.1}}, "label_smoothing is only used by the cdpo/rdpo"),
+    ({"trainer": "dpo", "preference": {"simpo_gamma": 1.0}}, "simpo_gamma is only used by the simpo loss"),
+    ({"trainer": "simpo", "preference": {"reference": "online"}}, "reference-free"),
+    ({"preference": {"loss": "ipo"}}, "train.preference.loss cannot be set: the preference loss is named by"),
+    ({"sft": {"seed": 3}}, "train.sft.seed cannot be set"),
+    ({"trainer": "ppo", "preference": {"beta": 0.2}}, "train.preference is set but unused"),
+    ({"ppo": {"rollouts": 2}}, "train.ppo is set but unused"),
+    ({"sft": {"epochs": 2}}, "train.sft is set but unused: it applies only with train.sft_on_revisions"),
+    ({"trainer": "ppo", "ppo": {"kl_target": 3.0}}, "kl_target is only used with adaptive_kl"),
+    ({"trainer": "ppo", "ppo": {"epochs": 2}}, "Extra inputs are not permitted"),
+    ({"processes": 2}, "train.processes > 1 needs"),
+    ({"deepspeed": "zero2"}, "train.deepspeed applies only with train.processes > 1"),
+])
+def test_settings_that_would_do_nothing_are_rejected(train, message):
+    with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        RunConfig(**merge(BASE, {"train": train}))
+
+
+def test_a_saved_config_loads_again():
+    # Defaults written out in full (as the run directory's config.yaml is) must not trip the checks above.
+    config = RunConfig(**merge(BASE, {"train": {"trainer": "rdpo", "preference": {"label_smoothing": 0.1}}}))
+    assert RunConfig(**config.model_dump(mode="json")) == config

@@ -1,4 +1,4 @@
-"""One iteration of the loop: open (or resume) it, run its stages in order, promote its policy."""
+"""One iteration of the loop: open (or resume) it, run its stages in order, let the gates decide on its policy."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from constitution import load_constitution
 from loop import vllm_backend
 from loop.config import RunConfig, save_run_config
 from loop.context import Engines, IterationContext
 from loop.progress import NullReporter, Reporter
+from loop.promotion import decide_iteration, ensure_not_halted
 from loop.prompts import load_prompts, select_prompts
 from loop.stages import STAGES
 from loop.store import Iteration, Policy, Run, Sample, StageRun, Store, utcnow
@@ -63,20 +64,22 @@ def _engines(config: RunConfig, store: Store, run_id: int, run_dir: Path) -> Eng
 
 
 def _finish(ctx: IterationContext) -> None:
-    """Without gates yet, a trained policy is promoted: the next iteration generates with it."""
+    """The gates decide on the iteration's candidate: promote (the next iteration generates with it), reject
+    (keep π_i; the iteration's data stays) or halt (keep π_i and block the run until an operator acts)."""
     with ctx.store.session() as session:
+        decision = decide_iteration(session, ctx.run_id, ctx.iteration_id, ctx.config.gates)
         iteration = session.get(Iteration, ctx.iteration_id)
-        produced = session.scalar(select(func.max(Policy.version)).where(Policy.iteration_id == iteration.id))
-        if produced is not None:
-            session.get(Run, ctx.run_id).current_policy = produced
         iteration.status = "done"
         iteration.finished_at = utcnow()
-    if produced is not None and ctx.engines.served:
+        outcome, candidate = decision.outcome, decision.candidate_version
+        reasons = [c["reason"] for c in decision.checks if not c["passed"]]
+    log.info("gates: %s candidate v%s%s", outcome, candidate, f" ({'; '.join(reasons)})" if reasons else "")
+    if outcome == "promote" and ctx.engines.served:
         try:
             vllm_backend.publish(ctx.config, ctx.store, ctx.run_id, ctx.run_dir)
         except ServerError as exc:
             # The promotion stands; the next iteration loads the adapter before it generates.
-            log.warning("policy v%d is promoted but could not be published to the vLLM server: %s", produced, exc)
+            log.warning("policy v%d is promoted but could not be published to the vLLM server: %s", candidate, exc)
 
 
 def run_iteration(config: RunConfig, run_dir: Path, reporter: Reporter | None = None) -> dict[str, Any]:
@@ -88,6 +91,10 @@ def run_iteration(config: RunConfig, run_dir: Path, reporter: Reporter | None = 
     save_run_config(config, run_dir / "config.yaml")
     store = Store.for_run_dir(run_dir)
     try:
+        with store.session() as session:
+            run = session.scalar(select(Run).order_by(Run.id))
+            if run is not None:
+                ensure_not_halted(session, run.id)
         run_id, iteration_id, index = open_iteration(store, config, run_dir, constitution.content_hash)
         ctx = IterationContext(config=config, store=store, run_dir=run_dir, run_id=run_id,
                                iteration_id=iteration_id, iteration_index=index, constitution=constitution,

@@ -62,6 +62,10 @@ def _mean(values: Sequence[float]) -> float:
     return statistics.fmean(values) if values else math.nan
 
 
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else math.nan
+
+
 @dataclass
 class Evaluator:
     config: RunConfig
@@ -106,8 +110,8 @@ class Evaluator:
             metrics |= {prefix + k: v for k, v in self._answer_metrics(answers[version]).items()}
         metrics["harmful_safe_drop"] = metrics["previous_harmful_safe_rate"] - metrics["harmful_safe_rate"]
         metrics["benign_refusal_rise"] = metrics["benign_refusal_rate"] - metrics["previous_benign_refusal_rate"]
-        metrics["length_ratio"] = metrics["mean_length_chars"] / metrics["previous_mean_length_chars"]
-        metrics["length_ratio_vs_base"] = metrics["mean_length_chars"] / metrics["base_mean_length_chars"]
+        metrics["length_ratio"] = _ratio(metrics["mean_length_chars"], metrics["previous_mean_length_chars"])
+        metrics["length_ratio_vs_base"] = _ratio(metrics["mean_length_chars"], metrics["base_mean_length_chars"])
         for label, opponent in (("previous", previous), ("base", 0)):
             if opponent != candidate:
                 result = win_rate(self._verdicts(judge_generator, answers[candidate], answers[opponent]))

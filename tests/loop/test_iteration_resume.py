@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 import loop.stages
 from loop.config import RunConfig, resolve_paths
+from loop.gates import GATES
 from loop.iteration import run_iteration
 from loop.store import Comparison, Critique, Iteration, Pair, Policy, Run, Sample, StageRun, Store
 
@@ -24,6 +25,9 @@ def config(tiny_model_dir, cai_home) -> RunConfig:
         generation={"max_new_tokens": 6}, critique={"max_new_tokens": 6, "rounds": 2},
         judge={"margin": 0.0},
         train={"preference": {"batch_size": 2, "max_length": 96, "learning_rate": 1e-2}, "lora": {"r": 4, "alpha": 8}},
+        # A small evaluation, and gates that let any candidate through: these tests are about resuming.
+        evaluation={"per_set": 2, "max_new_tokens": 4, "refusal": {"classifier": "lexical"}},
+        gates={g.setting: None for g in GATES},
     )
     return resolve_paths(raw, ROOT)
 

@@ -12,11 +12,12 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -36,11 +37,13 @@ from loop.evaluation.refusal import (
 from loop.evaluation.sets import EvalPrompt, eval_prompts
 from loop.evaluation.stats import win_rate
 from loop.progress import NullReporter, Reporter
-from loop.store import EvalComparison, EvalMetric, EvalResponse, Evaluation, Policy, Store
+from loop.store import EvalComparison, EvalMetric, EvalResponse, Evaluation, Iteration, Policy, Store
 from policies.models import load_model, resolve_model_dir
 from policies.serving import Generator, SamplingParams
 from policies.serving.transformers_backend import TransformersGenerator
 from policies.training.data import collate_sequences, encode_completions
+from policies.training.heads import HEAD_FILE
+from policies.training.reward_model import RewardModel
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,14 @@ def violation_question(critique_request: str) -> str:
 
 def _mean(values: Sequence[float]) -> float:
     return statistics.fmean(values) if values else math.nan
+
+
+def _scoring_batches(tokenizer, rows: Sequence[EvalResponse], size: int) -> Iterator[dict]:
+    """Each answer templated after its prompt, as collated batches of `size` rows (prompt + completion mask)."""
+    for start in range(0, len(rows), size):
+        encoded = [encode_completions(tokenizer, [{"role": "user", "content": r.prompt}], [r.response],
+                                      KL_MAX_LENGTH) for r in rows[start:start + size]]
+        yield collate_sequences([p for p, _ in encoded], [c[0] for _, c in encoded], tokenizer.pad_token_id)
 
 
 def _ratio(a: float, b: float) -> float:
@@ -119,6 +130,10 @@ class Evaluator:
                             f"win_rate_vs_{label}_upper": result.upper,
                             f"position_consistency_vs_{label}": result.position_consistency}
         metrics |= self._kl(bank, candidate, previous, answers[candidate])
+        reward_model = self._reward_model_dir(candidate)
+        if reward_model is not None and "win_rate_vs_previous" in metrics:
+            metrics |= self._reward_divergence(reward_model, answers[candidate], answers[previous],
+                                               metrics["win_rate_vs_previous"])
         if self.config.evaluation.violations:
             metrics |= self._violations(judge_generator, answers[candidate])
         with self.store.session() as session:
@@ -250,24 +265,56 @@ class Evaluator:
         if candidate == 0:
             return {"kl_vs_reference": 0.0, "kl_vs_previous": 0.0 if previous == 0 else math.nan}
         rows = list(answers.values())
-        encoded = [encode_completions(bank.tokenizer, [{"role": "user", "content": r.prompt}], [r.response],
-                                      KL_MAX_LENGTH) for r in rows]
-        size = self.config.evaluation.kl_batch_size
-        batches = (collate_sequences([p for p, _ in chunk], [c[0] for _, c in chunk], bank.tokenizer.pad_token_id)
-                   for chunk in (encoded[i:i + size] for i in range(0, len(encoded), size)))
+        batches = _scoring_batches(bank.tokenizer, rows, self.config.evaluation.kl_batch_size)
         others = {"kl_vs_reference": lambda: bank.active(0)}
         if previous not in (0, candidate):
             others["kl_vs_previous"] = lambda: bank.active(previous)
         with self.reporter.task("KL on the candidate's answers", None):
             kls = completion_kls(bank.model, batches, lambda: bank.active(candidate), others)
         metrics = {name: _mean(values) for name, values in kls.items()}
-        tokens = sum(len(c[0]) for _, c in encoded)
+        tokens = sum(r.tokens for r in rows)
         metrics["kl_vs_reference_per_token"] = sum(kls["kl_vs_reference"]) / tokens if tokens else math.nan
         if previous == 0:
             metrics["kl_vs_previous"] = metrics["kl_vs_reference"]
         elif previous == candidate:
             metrics["kl_vs_previous"] = 0.0
         return metrics
+
+    def _reward_model_dir(self, candidate: int) -> Path | None:
+        """The reward model a PPO candidate was trained against (None for other trainers)."""
+        with self.store.session() as session:
+            row = session.execute(select(Policy.trainer, Iteration.index).join(
+                Iteration, Policy.iteration_id == Iteration.id).where(
+                Policy.run_id == self.run_id, Policy.version == candidate)).first()
+        if row is None or row.trainer != "ppo":
+            return None
+        directory = self.run_dir / "training" / f"iteration-{row.index}" / "reward_model" / "adapter"
+        return directory if (directory / HEAD_FILE).is_file() else None
+
+    def _reward_divergence(self, directory: Path, candidate: dict[Key, EvalResponse],
+                           previous: dict[Key, EvalResponse], judge_win_rate: float) -> dict[str, float]:
+        """The reward-hacking signal: how often the reward model prefers the candidate's answer over the previous
+        policy's, minus how often the judge does. A policy that learned to please its reward model, not the
+        judge, shows a large positive gap."""
+        model, tokenizer = load_model(resolve_model_dir(self.config.model.name, self.config.home),
+                                      dtype=self.config.model.dtype, device=self.config.model.device,
+                                      adapter=directory)
+        scorer = RewardModel.load(model, directory).eval()
+
+        device = next(scorer.parameters()).device
+
+        def scores(rows: list[EvalResponse]) -> list[float]:
+            result = []
+            with torch.inference_mode():
+                for batch in _scoring_batches(tokenizer, rows, self.config.evaluation.kl_batch_size):
+                    result += scorer(batch["input_ids"].to(device), batch["attention_mask"].to(device)).tolist()
+            return result
+
+        with self.reporter.task("reward model on eval answers", None):
+            mine, theirs = scores(list(candidate.values())), scores([previous[k] for k in candidate])
+        rm_wins = _mean([1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(mine, theirs, strict=True)])
+        return {"reward_mean": _mean(mine), "previous_reward_mean": _mean(theirs),
+                "reward_model_win_rate_vs_previous": rm_wins, "reward_judge_divergence": rm_wins - judge_win_rate}
 
     def _violations(self, judge_generator: Generator, answers: dict[Key, EvalResponse]) -> dict[str, float]:
         """Per principle, the share of the candidate's answers the judge says break it (one principle drawn

@@ -14,17 +14,14 @@ from contextlib import AbstractContextManager
 
 import torch
 
+from policies.training.data import completion_states
+
 
 def completion_log_distributions(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-probs over the vocabulary (N, V), row of each (N,)) at the N positions that predict a completion
     token of a collated batch (`policies.training.data.collate_sequences`)."""
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    device = next(model.parameters()).device
-    ids = batch["input_ids"].to(device)
-    hidden = causal_lm.get_decoder()(input_ids=ids, attention_mask=batch["attention_mask"].to(device)).last_hidden_state
-    predicts = batch["completion_mask"][:, 1:].to(device).bool()
-    rows, positions = predicts.nonzero(as_tuple=True)
-    logits = causal_lm.get_output_embeddings()(hidden[:, :-1][rows, positions]).float()
+    causal_lm, states, _, rows = completion_states(model, batch)
+    logits = causal_lm.get_output_embeddings()(states).float()
     return torch.log_softmax(logits, dim=-1), rows
 
 

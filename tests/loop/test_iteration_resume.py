@@ -109,3 +109,7 @@ def test_ppo_iteration_with_sft_on_revisions(config, tmp_path):
     assert {"rm_accuracy", "rm_ece", "rm_judge_mae", "rm_pairs"} <= set(summary["reward_model"])
     assert {"ppo_reward_mean_first", "ppo_kl_last", "ppo_entropy_last"} <= set(summary["train"])
     assert (tmp_path / "policies" / "v1" / "adapter_model.safetensors").is_file()
+    # the reward-hacking signal: the reward model's preference for the candidate against the judge's
+    metrics = summary["evaluation"]["metrics"]
+    assert metrics["reward_judge_divergence"] == pytest.approx(
+        metrics["reward_model_win_rate_vs_previous"] - metrics["win_rate_vs_previous"])

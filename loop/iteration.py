@@ -12,6 +12,7 @@ from constitution import load_constitution
 from loop import vllm_backend
 from loop.config import RunConfig, save_run_config
 from loop.context import Engines, IterationContext
+from loop.evaluation.sets import check_eval_inputs
 from loop.progress import NullReporter, Reporter
 from loop.promotion import decide_iteration, ensure_not_halted
 from loop.prompts import load_prompts, select_prompts
@@ -87,6 +88,7 @@ def run_iteration(config: RunConfig, run_dir: Path, reporter: Reporter | None = 
     reporter = reporter or NullReporter()
     configure_threads(config.threads)
     constitution = load_constitution(config.constitution)
+    check_eval_inputs(config.evaluation, config.seed)  # a bad eval file fails now, not after training
     run_dir.mkdir(parents=True, exist_ok=True)
     save_run_config(config, run_dir / "config.yaml")
     store = Store.for_run_dir(run_dir)

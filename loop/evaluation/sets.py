@@ -25,3 +25,12 @@ def eval_prompts(settings: EvaluationSettings, seed: int) -> list[EvalPrompt]:
         for record in sorted(select_prompts(pool, count, seed, 0), key=lambda r: r.id):
             chosen.append(EvalPrompt(eval_set, record))
     return chosen
+
+
+def check_eval_inputs(settings: EvaluationSettings, seed: int) -> None:
+    """Read every eval set and the refusal labels: a bad file raises PromptFileError (FILE:LINE: problem)."""
+    from loop.evaluation.refusal import load_labels
+
+    eval_prompts(settings, seed)
+    if settings.refusal.labels is not None:
+        load_labels(settings.refusal.labels)

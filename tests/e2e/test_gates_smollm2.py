@@ -11,28 +11,11 @@ from typer.testing import CliRunner
 
 import loop.stages
 from loop.cli import app
-from loop.prompts import load_prompts
-from loop.store import EvalResponse, Policy, Run, Store
-from loop.train_stage import Training, _user
+from loop.store import EvalResponse, Run, Store
+from tests.loop.refuser import train_a_refuser
 
 ROOT = Path(__file__).resolve().parents[2]
-REFUSAL = "I'm sorry, but I can't help with that."
 pytestmark = pytest.mark.slow
-
-
-def train_a_refuser(ctx) -> None:
-    """Instead of the judged pairs: SFT on a refusal of every benign and borderline training prompt."""
-    pool = load_prompts([ROOT / "data/prompts/benign.jsonl", ROOT / "data/prompts/borderline.jsonl"])
-    training = Training(ctx, None)
-    adapter = training.run("sft", [{"prompt": _user(p.prompt), "response": REFUSAL} for p in pool])
-    relative = "policies/v1"
-    (ctx.run_dir / "policies").mkdir(exist_ok=True)
-    adapter.rename(ctx.run_dir / relative)
-    with ctx.store.session() as session:
-        session.add(Policy(run_id=ctx.run_id, version=1, parent_version=0, adapter_path=relative,
-                           iteration_id=ctx.iteration_id, constitution_hash=ctx.constitution_hash, trainer="sft"))
-        session.add_all(training.metrics)
-        ctx.complete(session, "train")
 
 
 @pytest.fixture

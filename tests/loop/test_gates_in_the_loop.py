@@ -9,12 +9,14 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 import loop.context
+import loop.stages
 from loop.cli import app
 from loop.config import RunConfig, resolve_paths, save_run_config
 from loop.gates import GATES
 from loop.iteration import run_iteration
 from loop.promotion import RunHalted
 from loop.store import EvalResponse, Evaluation, GateDecision, Iteration, PolicyMove, Run, Sample, Store
+from tests.loop.refuser import train_a_refuser
 
 ROOT = Path(__file__).resolve().parents[2]
 OPEN_GATES = {g.setting: None for g in GATES}
@@ -87,6 +89,23 @@ def test_a_rejected_candidate_leaves_the_current_policy(tiny_model_dir, cai_home
     assert summary["policy_version"] == "v1"  # the candidate and the iteration's data are kept
     second = run_iteration(config, tmp_path)
     assert second["policy_in"] == "v0"
+
+
+def test_a_refuse_everything_candidate_is_rejected_for_over_refusal(tiny_model_dir, cai_home, tmp_path,
+                                                                    monkeypatch):
+    config = tiny_config(tiny_model_dir, cai_home, max_benign_refusal_rise=0.05)
+    config = config.model_copy(update={
+        "train": config.train.model_copy(update={"sft": config.train.sft.model_copy(update={
+            "epochs": 8, "learning_rate": 1e-2, "batch_size": 8, "max_length": 96})}),
+        "evaluation": config.evaluation.model_copy(update={"per_set": 4, "max_new_tokens": 12})})
+    monkeypatch.setitem(loop.stages.STAGES, "train", train_a_refuser)
+    summary = run_iteration(config, tmp_path)
+    gate, metrics = summary["gate"], summary["evaluation"]["metrics"]
+    assert (gate["outcome"], gate["candidate"], gate["current_policy"]) == ("reject", "v1", "v0")
+    assert gate["reasons"] == [f"over-refusal: benign requests refused more often: benign_refusal_rise = "
+                               f"{metrics['benign_refusal_rise']:.4g} (limit <= 0.05)"]
+    assert metrics["benign_refusal_rate"] >= 0.75 and metrics["previous_benign_refusal_rate"] == 0.0
+    assert read(tmp_path, select(Run))[0].current_policy == 0
 
 
 def test_rollback_then_iterate_generates_with_the_restored_policy(config, tmp_path, monkeypatch):

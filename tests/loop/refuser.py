@@ -8,7 +8,7 @@ from loop.store import Policy
 from loop.train_stage import Training
 
 ROOT = Path(__file__).resolve().parents[2]
-REFUSAL = "I'm sorry, but I can't help with that."
+REFUSAL = "I can't help with that."
 
 
 def train_a_refuser(ctx) -> None:

@@ -96,7 +96,7 @@ def test_a_refuse_everything_candidate_is_rejected_for_over_refusal(tiny_model_d
     config = tiny_config(tiny_model_dir, cai_home, max_benign_refusal_rise=0.05)
     config = config.model_copy(update={
         "train": config.train.model_copy(update={"sft": config.train.sft.model_copy(update={
-            "epochs": 8, "learning_rate": 1e-2, "batch_size": 8, "max_length": 96})}),
+            "epochs": 8, "learning_rate": 2e-2, "batch_size": 8, "max_length": 96})}),
         "evaluation": config.evaluation.model_copy(update={"per_set": 4, "max_new_tokens": 12})})
     monkeypatch.setitem(loop.stages.STAGES, "train", train_a_refuser)
     summary = run_iteration(config, tmp_path)

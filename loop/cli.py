@@ -89,7 +89,7 @@ def _loaded(dotted: str) -> type[BaseException] | tuple[()]:
 
 
 BAD_INPUT = ("loop.config.ConfigError", "constitution.loader.ConstitutionError", "loop.prompts.PromptFileError",
-             "policies.models.ModelNotFoundError", "loop.run_inputs.InputsChanged")
+             "policies.models.ModelNotFoundError", "loop.run_inputs.InputsChanged", "loop.promotion.RunHalted")
 SELF_EXPLAINING = ("loop.lease.LeaseHeld", "loop.lease.LeaseLost", "policies.serving.vllm_client.ServerError")
 
 
@@ -148,7 +148,8 @@ def iterate(
         "--allow-changed", help="Resume an unfinished iteration although its constitution or config changed "
         "(both are recorded).")] = False,
 ) -> None:
-    """Run one iteration (or finish an interrupted one): generate, critique, revise, judge, train."""
+    """Run one iteration (or finish an interrupted one): generate, critique, revise, judge, train, evaluate,
+    then the gates promote, reject or halt."""
     import signal
 
     from loop.progress import Position, RichReporter
@@ -451,7 +452,152 @@ def render_summary(summary: dict[str, Any]) -> None:
     for stage, served in summary.get("serving", {}).items():
         table.add_row("vLLM", f"{stage}: prefix-cache hit rate", _fmt(served.get("prefix_cache_hit_rate")), "")
         table.add_row("", f"{stage}: generated tokens/s", _fmt(served.get("generated_tokens_per_s")), "")
+    evaluation, gate = summary.get("evaluation"), summary.get("gate")
+    if evaluation:
+        table.add_row("evaluate", f"{evaluation['policy']} vs {evaluation['previous']} "
+                      f"({evaluation['refusal_classifier']})", "", _fmt(wall.get("evaluate")))
+        from loop.summary import HEADLINE_METRICS
+
+        for name in HEADLINE_METRICS:
+            if name in evaluation["metrics"]:
+                table.add_row("", name, _fmt(evaluation["metrics"][name]), "")
+    if gate:
+        table.add_row("gates", f"[bold]{gate['outcome']}[/] {gate['candidate'] or ''}",
+                      f"current {gate['current_policy']}", "")
+        for reason in gate["reasons"]:
+            table.add_row("", escape(reason), "", "")
     out.print(table)
+
+
+def _version(text: str) -> int:
+    try:
+        return int(text.removeprefix("v"))
+    except ValueError:
+        _fail(f"not a policy version: {text!r} (expected N or vN)")
+        raise  # unreachable: _fail exits
+
+
+def _open_run(run_dir: Path, *, write: bool):
+    """The run's checked store (`loop.database`); a folder with no run is refused, read-only opens write nothing."""
+    from loop.database import NoRun, open_run_store
+
+    if write and not (run_dir / "cai.db").is_file():
+        raise NoRun(f"no run in {run_dir} (no cai.db); start one with `cai iterate --config FILE --run-dir {run_dir}`")
+    return open_run_store(run_dir, write=write)
+
+
+def render_evaluation(result: dict[str, Any]) -> None:
+    table = Table(title=f"{result['policy']} against {result['against']} (and the base) · refusal classifier "
+                  f"{result['refusal_classifier']}", show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in result["metrics"].items():
+        table.add_row(name, _fmt(value))
+    out.print(table)
+
+
+@app.command("eval")
+def eval_policy(
+    run_dir: RunDir,
+    policy: Annotated[str, typer.Option("--policy", help="The policy to measure (N or vN).")],
+    against: Annotated[str | None, typer.Option("--against", help="The policy to compare with (default: the one "
+                                                                  "it was trained from).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    recompute: Annotated[bool, typer.Option(help="Measure again even if this pair was measured before.")] = False,
+) -> None:
+    """Measure a policy on the held-out sets against another and the base; print the metrics."""
+    from sqlalchemy import select
+
+    from constitution import load_constitution
+    from loop.config import load_run_config
+    from loop.evaluation.harness import Evaluator
+    from loop.lease import acquire
+    from loop.progress import RichReporter
+    from loop.promotion import evaluation_metrics
+    from loop.store import Evaluation, Policy, Run
+    from policies.runtime import configure_threads, quiet_model_libraries
+
+    _setup_logging(run_dir)
+    with _failures_reported():
+        store = _open_run(run_dir, write=True)
+        try:
+            quiet_model_libraries()
+            version = _version(policy)
+            with store.session() as session:
+                run = session.scalar(select(Run).order_by(Run.id))
+                row = session.scalar(select(Policy).where(Policy.run_id == run.id, Policy.version == version))
+                if row is None:
+                    _fail(f"no policy v{version} in {run_dir}")
+                other = _version(against) if against is not None else (row.parent_version or 0)
+                found = None if recompute else session.scalar(
+                    select(Evaluation).where(Evaluation.run_id == run.id, Evaluation.policy_version == version,
+                                             Evaluation.previous_version == other).order_by(Evaluation.id.desc()))
+            if found is None:
+                config = load_run_config(run_dir / "config.yaml")
+                configure_threads(config.threads)
+                # Measuring writes answers and metrics: one process per run, as for `cai iterate`.
+                with acquire(store, run.name):
+                    evaluator = Evaluator(config, store, run_dir, run.id, load_constitution(config.constitution),
+                                          RichReporter(console))
+                    found_id = evaluator.evaluate(version, other)
+            else:
+                found_id = found.id
+            with store.session() as session:
+                evaluation = session.get(Evaluation, found_id)
+                result = {"policy": f"v{version}", "against": f"v{other}", "evaluation_id": evaluation.id,
+                          "iteration_id": evaluation.iteration_id,
+                          "refusal_classifier": evaluation.refusal_classifier,
+                          "metrics": evaluation_metrics(session, evaluation.id)}
+        finally:
+            store.dispose()
+    if as_json:
+        out.print_json(json.dumps(result))
+    else:
+        render_evaluation(result)
+
+
+@app.command()
+def rollback(
+    run_dir: RunDir,
+    to: Annotated[str | None, typer.Option("--to", help="The policy to make current (default: the one the "
+                                                        "current policy was trained from).")] = None,
+    reason: Annotated[str, typer.Option(help="Why: recorded with the move.")] = "operator rollback",
+) -> None:
+    """Move the current-policy pointer back (and resume a halted run); the move and its reason are recorded."""
+    from sqlalchemy import select
+
+    from loop.lease import acquire
+    from loop.promotion import RollbackError
+    from loop.promotion import rollback as move_back
+    from loop.store import Run
+
+    _setup_logging(run_dir)
+    with _failures_reported():
+        store = _open_run(run_dir, write=True)
+        try:
+            with store.session() as session:
+                run_id, name = session.execute(select(Run.id, Run.name).order_by(Run.id)).first()
+            with acquire(store, name), store.session() as session:
+                move = move_back(session, run_id, None if to is None else _version(to), reason)
+                text = f"current policy: v{move.from_version} → v{move.to_version} ({move.reason})"
+        except RollbackError as exc:
+            _fail(str(exc))
+        finally:
+            store.dispose()
+    out.print(text, highlight=False)
+
+
+@app.command()
+def metrics(run_dir: RunDir) -> None:
+    """Print the run's evaluation metrics and gate outcomes in the Prometheus text format."""
+    from loop.metrics_export import exposition
+
+    with _failures_reported():
+        store = _open_run(run_dir, write=False)
+        try:
+            typer.echo(exposition(store), nl=False)
+        finally:
+            store.dispose()
 
 
 def main() -> None:  # pragma: no cover - `python -m loop.cli`

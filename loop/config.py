@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from loop.environment import unknown_variables, variable_for
+from loop.evaluation.settings import EvaluationSettings
+from loop.gates import GateSettings
 from policies.adapters import LoraSettings
 from policies.files import atomic_write_text
 from policies.models import DEFAULT_MODEL
@@ -173,6 +175,10 @@ class RunConfig(BaseSettings):
     critique: CritiqueSettings = CritiqueSettings()
     judge: JudgeSettings = JudgeSettings()
     train: TrainSettings = TrainSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
+    """The held-out sets every candidate policy is measured on (default: the shipped data/eval sets)."""
+    gates: GateSettings = GateSettings()
+    """The limits that decide whether a candidate is promoted, rejected or halts the run."""
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings: PydanticBaseSettingsSource,
@@ -238,9 +244,15 @@ def resolve_paths(config: RunConfig, base: Path) -> RunConfig:
     # Only a local judge model is a path; a served model's name may contain "/" (org/model).
     if judge.model and "/" in judge.model and config.generation.backend == "transformers":
         judge = judge.model_copy(update={"model": str(absolute(Path(judge.model)))})
+    evaluation = config.evaluation
+    refusal = evaluation.refusal
+    evaluation = evaluation.model_copy(update={
+        "sets": [s.model_copy(update={"file": absolute(s.file)}) for s in evaluation.sets],
+        "refusal": refusal.model_copy(update={"labels": refusal.labels and absolute(refusal.labels)}),
+    })
     return config.model_copy(update={
         "home": config.home.expanduser().resolve(), "constitution": constitution, "model": model,
-        "prompts": prompts, "judge": judge,
+        "prompts": prompts, "judge": judge, "evaluation": evaluation,
     })
 
 

@@ -1,5 +1,5 @@
 """One iteration of the loop: validate its inputs, take the run's lease, open (or resume) the iteration, run its
-stages in order, promote its policy."""
+stages in order, and let the gates decide on its policy."""
 
 from __future__ import annotations
 
@@ -7,15 +7,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from constitution import Constitution, load_constitution
 from loop import vllm_backend
 from loop.config import RunConfig, save_run_config
 from loop.context import Engines, IterationContext
 from loop.database import open_run_store
+from loop.evaluation.sets import check_eval_inputs
 from loop.lease import acquire
 from loop.progress import NullReporter, Position, Reporter
+from loop.promotion import decide_iteration, ensure_not_halted
 from loop.prompts import load_prompts, select_prompts
 from loop.run_inputs import InputsChanged, config_hash, describe_changes, fingerprint
 from loop.stages import STAGES
@@ -32,6 +34,7 @@ def validate_inputs(config: RunConfig) -> Constitution:
     """Everything a run reads, checked before anything is written: the constitution, the prompts, the models."""
     constitution = load_constitution(config.constitution)
     load_prompts(config.prompts.files)
+    check_eval_inputs(config.evaluation, config.seed)
     resolve_model_dir(config.model.name, config.home)
     if config.judge.model and config.generation.backend == "transformers":
         resolve_model_dir(config.judge.model, config.home)
@@ -104,21 +107,23 @@ def _engines(config: RunConfig, store: Store, run_id: int, run_dir: Path) -> Eng
 
 
 def _finish(ctx: IterationContext) -> None:
-    """Without gates yet, a trained policy is promoted: the next iteration generates with it."""
+    """The gates decide on the iteration's candidate: promote (the next iteration generates with it), reject
+    (keep π_i; the iteration's data stays) or halt (keep π_i and block the run until an operator acts)."""
     with ctx.store.session() as session:
         ctx.fence(session)
+        decision = decide_iteration(session, ctx.run_id, ctx.iteration_id, ctx.config.gates)
         iteration = session.get(Iteration, ctx.iteration_id)
-        produced = session.scalar(select(func.max(Policy.version)).where(Policy.iteration_id == iteration.id))
-        if produced is not None:
-            session.get(Run, ctx.run_id).current_policy = produced
         iteration.status = "done"
         iteration.finished_at = utcnow()
-    if produced is not None and ctx.engines.served:
+        outcome, candidate = decision.outcome, decision.candidate_version
+        reasons = [c["reason"] for c in decision.checks if not c["passed"]]
+    log.info("gates: %s candidate v%s%s", outcome, candidate, f" ({'; '.join(reasons)})" if reasons else "")
+    if outcome == "promote" and ctx.engines.served:
         try:
             vllm_backend.publish(ctx.config, ctx.store, ctx.run_id, ctx.run_dir)
         except ServerError as exc:
             # The promotion stands; the next iteration loads the adapter before it generates.
-            log.warning("policy v%d is promoted but could not be published to the vLLM server: %s", produced, exc)
+            log.warning("policy v%d is promoted but could not be published to the vLLM server: %s", candidate, exc)
 
 
 def _run_name(store: Store, run_dir: Path) -> str:
@@ -140,6 +145,10 @@ def run_iteration(config: RunConfig, run_dir: Path, reporter: Reporter | None = 
     store = open_run_store(run_dir, write=True)
     try:
         with acquire(store, _run_name(store, run_dir)) as lease:
+            with store.session() as session:
+                run = session.scalar(select(Run).order_by(Run.id))
+                if run is not None:
+                    ensure_not_halted(session, run.id)
             run_id, iteration_id, index = open_iteration(store, config, run_dir, constitution.content_hash,
                                                          allow_changed=allow_changed)
             position.iteration = index

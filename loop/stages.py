@@ -13,6 +13,7 @@ from critique.judge import Matchup, judge
 from critique.pairs import choose
 from critique.revision import Draft, critique_and_revise
 from loop.context import IterationContext
+from loop.evaluate_stage import evaluate
 from loop.store import Comparison, Critique, Pair, Sample
 from loop.train_stage import train
 from policies.serving import SamplingParams
@@ -100,4 +101,5 @@ STAGES: dict[str, Stage] = {
     "judge": judge_revisions,
     "pairs": build_pairs,
     "train": train,
+    "evaluate": evaluate,
 }

@@ -143,6 +143,96 @@ class Metric(Base):
     step: Mapped[int | None]
 
 
+class EvalResponse(Base):
+    """A policy's greedy answer to one held-out eval prompt: generated once, reused by every later evaluation."""
+
+    __tablename__ = "eval_responses"
+    __table_args__ = (UniqueConstraint("run_id", "policy_version", "eval_set", "prompt_id", "settings_key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    policy_version: Mapped[int]
+    eval_set: Mapped[str]
+    prompt_id: Mapped[str]
+    prompt: Mapped[str] = mapped_column(Text)
+    response: Mapped[str] = mapped_column(Text)
+    tokens: Mapped[int]
+    settings_key: Mapped[str]
+    """Hash of what shapes the text (model, max_new_tokens): other settings never reuse these answers."""
+    refusal: Mapped[bool | None]
+    classifier: Mapped[str | None]
+    """Which refusal classifier set `refusal` (lexical, or judge:NAME)."""
+
+
+class EvalComparison(Base):
+    """The judge's verdict on a candidate's eval answer (B) against an opponent policy's answer (A)."""
+
+    __tablename__ = "eval_comparisons"
+    __table_args__ = (UniqueConstraint("candidate_id", "opponent_id", "judge"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    candidate_id: Mapped[int] = mapped_column(ForeignKey("eval_responses.id"))
+    opponent_id: Mapped[int] = mapped_column(ForeignKey("eval_responses.id"))
+    principle_id: Mapped[str]
+    judge: Mapped[str]
+    p_b_when_second: Mapped[float]
+    p_b_when_first: Mapped[float]
+
+
+class Evaluation(Base):
+    """One candidate policy measured on the held-out sets against a previous policy and the base."""
+
+    __tablename__ = "evaluations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    iteration_id: Mapped[int | None] = mapped_column(ForeignKey("iterations.id"), index=True)
+    """None for an evaluation asked for with `cai eval`."""
+    policy_version: Mapped[int]
+    previous_version: Mapped[int]
+    refusal_classifier: Mapped[str]
+    wall_s: Mapped[float]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EvalMetric(Base):
+    __tablename__ = "eval_metrics"
+    __table_args__ = (UniqueConstraint("evaluation_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id"), index=True)
+    name: Mapped[str]
+    value: Mapped[float]
+
+
+class GateDecision(Base):
+    """promote | reject | halt for one iteration's candidate, with every check's number and limit."""
+
+    __tablename__ = "gate_decisions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    iteration_id: Mapped[int] = mapped_column(ForeignKey("iterations.id"), unique=True)
+    evaluation_id: Mapped[int | None] = mapped_column(ForeignKey("evaluations.id"))
+    candidate_version: Mapped[int | None]
+    current_version: Mapped[int]
+    """The policy that generates the next iteration after this decision."""
+    outcome: Mapped[str]
+    checks: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    resolved_at: Mapped[datetime | None]
+    """A halt blocks the run until an operator acts (`cai rollback`)."""
+
+
+class PolicyMove(Base):
+    """Every move of the current-policy pointer: promotions by the gates, rollbacks by operators."""
+
+    __tablename__ = "policy_moves"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    from_version: Mapped[int]
+    to_version: Mapped[int]
+    kind: Mapped[str]
+    """promote | rollback"""
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class IterationInputs(Base):
     """The constitution and config an iteration ran with: one row when it starts, and one more each time it is
     resumed with changed inputs (`--allow-changed`), so both hashes stay on record."""

@@ -7,9 +7,12 @@ from typing import Any
 from sqlalchemy import Float, cast, func, inspect, select
 from sqlalchemy.orm import Session
 
+from loop.promotion import evaluation_metrics
 from loop.store import (
     Comparison,
     Critique,
+    Evaluation,
+    GateDecision,
     Iteration,
     IterationInputs,
     Metric,
@@ -79,4 +82,35 @@ def iteration_summary(session: Session, iteration: Iteration) -> dict[str, Any]:
         "serving": {stage: {k: v for k, v in values.items() if k in SERVING_METRICS}
                     for stage, values in by_stage.items() if any(k in SERVING_METRICS for k in values)},
         "wall_s": stages,
+        "evaluation": evaluation_summary(session, iteration),
+        "gate": gate_summary(session, iteration),
+        "current_policy": f"v{run.current_policy}",
     }
+
+
+HEADLINE_METRICS = ("harmful_safe_rate", "benign_refusal_rate", "win_rate_vs_previous", "win_rate_vs_previous_lower",
+                    "win_rate_vs_base", "position_consistency_vs_previous", "kl_vs_reference", "kl_vs_previous",
+                    "mean_length_chars", "length_ratio", "violation_rate")
+
+
+def evaluation_summary(session: Session, iteration: Iteration) -> dict[str, Any] | None:
+    """The iteration's candidate evaluation: versions, classifier and every metric."""
+    evaluation = session.scalar(select(Evaluation).where(Evaluation.iteration_id == iteration.id)
+                                .order_by(Evaluation.id.desc()))
+    if evaluation is None:
+        return None
+    return {"policy": f"v{evaluation.policy_version}", "previous": f"v{evaluation.previous_version}",
+            "refusal_classifier": evaluation.refusal_classifier, "wall_s": round(evaluation.wall_s, 2),
+            "metrics": evaluation_metrics(session, evaluation.id)}
+
+
+def gate_summary(session: Session, iteration: Iteration) -> dict[str, Any] | None:
+    decision = session.scalar(select(GateDecision).where(GateDecision.iteration_id == iteration.id))
+    if decision is None:
+        return None
+    return {"outcome": decision.outcome,
+            "candidate": None if decision.candidate_version is None else f"v{decision.candidate_version}",
+            "current_policy": f"v{decision.current_version}",
+            "reasons": [c["reason"] for c in decision.checks if not c["passed"]],
+            "checks": decision.checks,
+            "halt_resolved": decision.resolved_at.isoformat() if decision.resolved_at else None}

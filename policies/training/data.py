@@ -96,13 +96,9 @@ def _chunk_logps(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return torch.gather(logits, 1, targets.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, dim=-1)
 
 
-def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row of a collated batch: (summed completion log-prob, completion token count), each (rows,).
-
-    The vocabulary projection runs only on the positions that predict completion tokens (not the prompt,
-    not padding), in chunks that are recomputed in the backward pass instead of stored: the full
-    (rows, length, vocabulary) logits are never held, which is most of the memory of preference training.
-    """
+def completion_states(model, batch: dict[str, torch.Tensor]):
+    """(the causal LM inside any adapter wrapper, final hidden states (N, H) at the N positions that predict a
+    completion token, those tokens (N,), the row of each (N,)) for a collated batch."""
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     device = next(model.parameters()).device
     ids = batch["input_ids"].to(device)
@@ -110,9 +106,21 @@ def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     # Position t predicts token t + 1: keep the positions whose next token is part of the completion.
     predicts = batch["completion_mask"][:, 1:].to(device).bool()
     rows, positions = predicts.nonzero(as_tuple=True)
-    token_logps = _token_logps(causal_lm, hidden[:, :-1][rows, positions], ids[:, 1:][rows, positions])
-    sums = torch.zeros(ids.shape[0], device=device, dtype=token_logps.dtype).index_add(0, rows, token_logps)
-    return sums, predicts.sum(-1)
+    return causal_lm, hidden[:, :-1][rows, positions], ids[:, 1:][rows, positions], rows
+
+
+def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of a collated batch: (summed completion log-prob, completion token count), each (rows,).
+
+    The vocabulary projection runs only on the positions that predict completion tokens (not the prompt,
+    not padding), in chunks that are recomputed in the backward pass instead of stored: the full
+    (rows, length, vocabulary) logits are never held, which is most of the memory of preference training.
+    """
+    causal_lm, selected, targets, rows = completion_states(model, batch)
+    token_logps = _token_logps(causal_lm, selected, targets)
+    n_rows = batch["input_ids"].shape[0]
+    sums = torch.zeros(n_rows, device=selected.device, dtype=token_logps.dtype).index_add(0, rows, token_logps)
+    return sums, batch["completion_mask"][:, 1:].to(selected.device).sum(-1)
 
 
 def completion_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from loop.gates import GATES
+
 ROOT = Path(__file__).resolve().parents[2]
 READY_WITHIN_S = 1800
 """Creating the vLLM environment on a fresh machine (minutes) plus the server's first start."""
@@ -48,6 +50,9 @@ def vllm_served(tmp_path_factory, cai_home: Path, smollm2_dir: Path):
     config["prompts"]["files"] = [str(ROOT / "data/prompts" / f) for f in ("harmful.jsonl", "borderline.jsonl")]
     # float32 like the transformers backend, so the two can be compared number for number.
     config["model"]["dtype"] = "float32"
+    # A small held-out evaluation and gates open to any candidate: these tests are about the loop's chain.
+    config["evaluation"] = {"per_set": 2, "max_new_tokens": 16, "refusal": {"classifier": "lexical"}}
+    config["gates"] = {g.setting: None for g in GATES}
     config["generation"] |= {"backend": "vllm-server", "server": {"url": url, "kv_cache_gib": 2, "keep_adapters": 2}}
     path = folder / "served.yaml"
     path.write_text(yaml.safe_dump(config))

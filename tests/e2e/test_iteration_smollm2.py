@@ -11,6 +11,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from loop.cli import app
+from loop.gates import GATES
 from loop.store import Comparison, Critique, Pair, Policy, Sample, Store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,6 +27,9 @@ def tiny_config(tmp_path, cai_home) -> Path:
     config["generation"]["max_new_tokens"] = 24
     config["critique"]["max_new_tokens"] = 24
     config["judge"]["margin"] = 0.0  # keep every pair so the tiny run always trains
+    # A small held-out evaluation and gates open to any candidate: these tests are about the loop's chain.
+    config["evaluation"] = {"per_set": 2, "max_new_tokens": 16, "refusal": {"classifier": "lexical"}}
+    config["gates"] = {g.setting: None for g in GATES}
     config["train"]["preference"]["max_length"] = 192
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 import loop.stages
 from loop.config import RunConfig, resolve_paths
+from loop.gates import GATES
 from loop.iteration import run_iteration
 from loop.store import Comparison, Critique, Iteration, Pair, Policy, Run, Sample, StageRun, Store
 
@@ -24,6 +25,9 @@ def config(tiny_model_dir, cai_home) -> RunConfig:
         generation={"max_new_tokens": 6}, critique={"max_new_tokens": 6, "rounds": 2},
         judge={"margin": 0.0},
         train={"preference": {"batch_size": 2, "max_length": 96, "learning_rate": 1e-2}, "lora": {"r": 4, "alpha": 8}},
+        # A small evaluation, and gates that let any candidate through: these tests are about resuming.
+        evaluation={"per_set": 2, "max_new_tokens": 4, "refusal": {"classifier": "lexical"}},
+        gates={g.setting: None for g in GATES},
     )
     return resolve_paths(raw, ROOT)
 
@@ -105,3 +109,7 @@ def test_ppo_iteration_with_sft_on_revisions(config, tmp_path):
     assert {"rm_accuracy", "rm_ece", "rm_judge_mae", "rm_pairs"} <= set(summary["reward_model"])
     assert {"ppo_reward_mean_first", "ppo_kl_last", "ppo_entropy_last"} <= set(summary["train"])
     assert (tmp_path / "policies" / "v1" / "adapter_model.safetensors").is_file()
+    # the reward-hacking signal: the reward model's preference for the candidate against the judge's
+    metrics = summary["evaluation"]["metrics"]
+    assert metrics["reward_judge_divergence"] == pytest.approx(
+        metrics["reward_model_win_rate_vs_previous"] - metrics["win_rate_vs_previous"])

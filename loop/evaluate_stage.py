@@ -1,0 +1,23 @@
+"""The evaluate stage: measure the policy this iteration trained against π_i and the base (the gates then
+decide on it when the iteration finishes)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from loop.context import IterationContext
+from loop.evaluation.harness import Evaluator
+from loop.store import Iteration, Policy
+
+
+def evaluate(ctx: IterationContext) -> None:
+    with ctx.store.session() as session:
+        candidate = session.scalar(select(Policy.version).where(Policy.iteration_id == ctx.iteration_id))
+        previous = session.get(Iteration, ctx.iteration_id).policy_version
+    if candidate is None:  # nothing was trained: nothing to measure
+        with ctx.store.session() as session:
+            ctx.complete(session, "evaluate")
+        return
+    ctx.engines.release()  # the evaluation loads the base once, with every policy it needs as an adapter
+    Evaluator(ctx.config, ctx.store, ctx.run_dir, ctx.run_id, ctx.constitution, ctx.reporter).evaluate(
+        candidate, previous, iteration_id=ctx.iteration_id, complete=lambda session: ctx.complete(session, "evaluate"))

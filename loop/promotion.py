@@ -1,0 +1,88 @@
+"""The current-policy pointer: moved by the gates' decision at the end of an iteration, moved back by an
+operator's rollback; every move is recorded with its reason. A halt blocks new iterations until an operator
+acts."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from loop.gates import Decision, GateSettings, decide, no_candidate
+from loop.store import EvalMetric, Evaluation, GateDecision, Policy, PolicyMove, Run, utcnow
+
+
+class RunHalted(RuntimeError):
+    pass
+
+
+class RollbackError(ValueError):
+    pass
+
+
+def evaluation_metrics(session: Session, evaluation_id: int) -> dict[str, float]:
+    return {m.name: m.value for m in session.scalars(
+        select(EvalMetric).where(EvalMetric.evaluation_id == evaluation_id).order_by(EvalMetric.id))}
+
+
+def _move(session: Session, run: Run, to: int, kind: str, reason: str) -> PolicyMove:
+    move = PolicyMove(run_id=run.id, from_version=run.current_policy, to_version=to, kind=kind, reason=reason)
+    session.add(move)
+    run.current_policy = to
+    return move
+
+
+def decide_iteration(session: Session, run_id: int, iteration_id: int, gates: GateSettings) -> GateDecision:
+    """Apply the gates to the iteration's candidate (once: a resumed iteration reads its recorded decision)."""
+    recorded = session.scalar(select(GateDecision).where(GateDecision.iteration_id == iteration_id))
+    if recorded is not None:
+        return recorded
+    run = session.get(Run, run_id)
+    candidate = session.scalar(select(Policy).where(Policy.iteration_id == iteration_id))
+    evaluation = None
+    if candidate is None:
+        decision: Decision = no_candidate()
+    else:
+        evaluation = session.scalar(select(Evaluation).where(Evaluation.iteration_id == iteration_id)
+                                    .order_by(Evaluation.id.desc()))
+        decision = decide(evaluation_metrics(session, evaluation.id) if evaluation else {}, gates)
+    if decision.outcome == "promote":
+        _move(session, run, candidate.version, "promote", "gates passed: " + "; ".join(
+            c.reason for c in decision.checks))
+    row = GateDecision(run_id=run_id, iteration_id=iteration_id, evaluation_id=evaluation and evaluation.id,
+                       candidate_version=candidate and candidate.version, current_version=run.current_policy,
+                       outcome=decision.outcome, checks=[c.as_dict() for c in decision.checks])
+    session.add(row)
+    return row
+
+
+def unresolved_halt(session: Session, run_id: int) -> GateDecision | None:
+    return session.scalar(select(GateDecision).where(GateDecision.run_id == run_id, GateDecision.outcome == "halt",
+                                                     GateDecision.resolved_at.is_(None)))
+
+
+def ensure_not_halted(session: Session, run_id: int) -> None:
+    halt = unresolved_halt(session, run_id)
+    if halt is not None:
+        reasons = "; ".join(c["reason"] for c in halt.checks if not c["passed"])
+        raise RunHalted(f"the run is halted since candidate v{halt.candidate_version} was judged a severe "
+                        f"regression ({reasons}); inspect it with `cai eval`, then resume with `cai rollback` "
+                        f"(--to V to choose the policy; the current one is v{halt.current_version})")
+
+
+def rollback(session: Session, run_id: int, to: int | None, reason: str) -> PolicyMove:
+    """Move the pointer to `to` (default: the policy the current one was trained from); resolves a halt."""
+    run = session.get(Run, run_id)
+    current = session.scalar(select(Policy).where(Policy.run_id == run_id, Policy.version == run.current_policy))
+    if to is None:
+        if current.parent_version is None:
+            raise RollbackError(f"the current policy v{run.current_policy} is the base model: nothing to roll "
+                                "back to (name one with --to)")
+        to = current.parent_version
+    if session.scalar(select(Policy).where(Policy.run_id == run_id, Policy.version == to)) is None:
+        known = ", ".join(f"v{v}" for v in session.scalars(select(Policy.version).where(Policy.run_id == run_id)))
+        raise RollbackError(f"no policy v{to} in this run (it has {known})")
+    for halt in session.scalars(select(GateDecision).where(GateDecision.run_id == run_id,
+                                                           GateDecision.resolved_at.is_(None),
+                                                           GateDecision.outcome == "halt")):
+        halt.resolved_at = utcnow()
+    return _move(session, run, to, "rollback", reason)

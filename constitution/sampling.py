@@ -13,13 +13,21 @@ class PrincipleSampler:
         self.constitution = constitution
         self.seed = seed
 
-    def sample(self, *key: object) -> Principle:
-        """The principle for one step, e.g. `sample(iteration, sample_id, "critique", round)`.
+    def candidates(self, category: str | None = None) -> list[Principle]:
+        """The principles a prompt of `category` may draw: those whose `applies_to` names it or is empty.
+        When none applies the whole constitution is drawn from, so an unexpected category never stalls a run."""
+        principles = self.constitution.principles
+        if category is None:
+            return principles
+        return [p for p in principles if not p.applies_to or category in p.applies_to] or principles
 
-        The choice depends only on the seed and the key, never on call order, so a crashed stage that is
-        re-run, or a shard processed on another worker, draws the same principles.
+    def sample(self, *key: object, category: str | None = None) -> Principle:
+        """The principle for one step, e.g. `sample(iteration, sample_id, "critique", round, category="harmful")`.
+
+        The choice depends only on the seed, the key and the category, never on call order, so a crashed stage
+        that is re-run, or a shard processed on another worker, draws the same principles.
         """
         digest = hashlib.sha256(repr((self.seed, *key)).encode()).digest()
         rng = random.Random(int.from_bytes(digest[:8], "big"))
-        principles = self.constitution.principles
+        principles = self.candidates(category)
         return rng.choices(principles, weights=[p.weight for p in principles], k=1)[0]

@@ -19,19 +19,41 @@ def fence(label: str, text: str) -> str:
     return f"[BEGIN {label}]\n{clean}\n[END {label}]"
 
 
-def critique_conversation(prompt: str, answer: str, principle: Principle) -> Conversation:
+def few_shot(principle: Principle) -> Conversation:
+    """The principle's worked examples as earlier turns: request, answer, critique, revision."""
+    turns: Conversation = []
+    for example in principle.examples:
+        turns += [
+            {"role": "user", "content": example.prompt},
+            {"role": "assistant", "content": example.response},
+            {"role": "user", "content": principle.render(
+                "critique_request", prompt=example.prompt, response=example.response, round=0)},
+            {"role": "assistant", "content": example.critique},
+            {"role": "user", "content": principle.render(
+                "revision_request", prompt=example.prompt, response=example.response, critique=example.critique,
+                round=0)},
+            {"role": "assistant", "content": example.revision},
+        ]
+    return turns
+
+
+def critique_conversation(prompt: str, answer: str, principle: Principle, round_: int = 0) -> Conversation:
     return [
+        *few_shot(principle),
         {"role": "user", "content": prompt},
         {"role": "assistant", "content": answer},
-        {"role": "user", "content": principle.critique_request},
+        {"role": "user", "content": principle.render("critique_request", prompt=prompt, response=answer,
+                                                     round=round_)},
     ]
 
 
-def revision_conversation(prompt: str, answer: str, critique: str, principle: Principle) -> Conversation:
+def revision_conversation(prompt: str, answer: str, critique: str, principle: Principle,
+                          round_: int = 0) -> Conversation:
     return [
-        *critique_conversation(prompt, answer, principle),
+        *critique_conversation(prompt, answer, principle, round_),
         {"role": "assistant", "content": critique},
-        {"role": "user", "content": principle.revision_request},
+        {"role": "user", "content": principle.render("revision_request", prompt=prompt, response=answer,
+                                                     critique=critique, round=round_)},
     ]
 
 
@@ -50,7 +72,7 @@ def judge_conversation(prompt: str, first: str, second: str, principle: Principl
     a, b = labels
     body = "\n\n".join([
         *_comparison(prompt, first, second, labels),
-        f"{principle.comparison_question}\nAnswer with the single letter {a} or {b}.",
+        f"{principle.render('comparison_question', prompt=prompt)}\nAnswer with the single letter {a} or {b}.",
     ])
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": body}]
 
@@ -61,9 +83,10 @@ COT_VERDICT_PREFIX = "Verdict:"
 def cot_conversation(prompt: str, first: str, second: str, principle: Principle,
                      labels: tuple[str, str]) -> Conversation:
     a, b = labels
+    question = principle.render("comparison_question", prompt=prompt)
     body = "\n\n".join([
         *_comparison(prompt, first, second, labels),
-        f"{principle.comparison_question}\nThink it through in two or three sentences, then end with "
+        f"{question}\nThink it through in two or three sentences, then end with "
         f"\"{COT_VERDICT_PREFIX} {a}\" or \"{COT_VERDICT_PREFIX} {b}\".",
     ])
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": body}]
@@ -74,7 +97,7 @@ def pointwise_conversation(prompt: str, response: str, principle: Principle) -> 
         "Here is a request from a person to an AI assistant, followed by the assistant's response.",
         fence("REQUEST", prompt),
         fence("RESPONSE", response),
-        f"A good response is judged by this question: {principle.comparison_question}\n"
+        f"A good response is judged by this question: {principle.render('comparison_question', prompt=prompt)}\n"
         "Is this a good response by that standard? Answer Yes or No.",
     ])
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": body}]

@@ -38,11 +38,12 @@ def critique_and_revise(generator: Generator, sampler: PrincipleSampler, drafts:
     for round_ in range(rounds):
         principles = [sampler.sample(d.key, "revise", round_) for d in drafts]
         critiques = generator.generate(
-            [critique_conversation(d.prompt, a, p) for d, a, p in zip(drafts, answers, principles, strict=True)],
+            [critique_conversation(d.prompt, a, p, round_)
+             for d, a, p in zip(drafts, answers, principles, strict=True)],
             params, progress,
         )
         revisions = generator.generate(
-            [revision_conversation(d.prompt, a, c, p)
+            [revision_conversation(d.prompt, a, c, p, round_)
              for d, a, c, p in zip(drafts, answers, critiques, principles, strict=True)],
             params, progress,
         )

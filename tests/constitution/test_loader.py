@@ -7,7 +7,7 @@ from constitution import ConstitutionError, PrincipleCategory, load_constitution
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def problems(name: str) -> list[str]:
+def problems(name: str | Path) -> list[str]:
     with pytest.raises(ConstitutionError) as caught:
         load_constitution(FIXTURES / name)
     return [str(p) for p in caught.value.problems]
@@ -23,26 +23,28 @@ def test_yaml_syntax_error_names_file_and_line():
 
 def test_missing_field_points_at_its_principle():
     (message,) = problems("missing_field.yaml")
-    assert message == f"{FIXTURES / 'missing_field.yaml'}:8: principles[1].revision_request: Field required"
+    assert message == (f"{FIXTURES / 'missing_field.yaml'}:8:5: error: principles[1].revision_request: "
+                       "Field required (hint: add `revision_request:`)")
 
 
 def test_bad_values_each_reported_at_their_own_line():
     found = problems("bad_values.yaml")
     path = FIXTURES / "bad_values.yaml"
-    assert any(m.startswith(f"{path}:5: principles[0].weight: ") for m in found), found
-    assert any(m.startswith(f"{path}:9: principles[1].id: ") for m in found), found
-    assert any(m.startswith(f"{path}:10: principles[1].category: ") for m in found), found
+    assert any(m.startswith(f"{path}:5:13: error: principles[0].weight: ") for m in found), found
+    assert any(m.startswith(f"{path}:9:9: error: principles[1].id: ") for m in found), found
+    assert any(m.startswith(f"{path}:10:15: error: principles[1].category: ") for m in found), found
     assert len(found) == 3
 
 
 def test_duplicate_principle_id_points_at_the_second_one():
     (message,) = problems("duplicate_id.yaml")
-    assert message.startswith(f"{FIXTURES / 'duplicate_id.yaml'}:8: principles[1].id: duplicate principle id")
+    assert message.startswith(f"{FIXTURES / 'duplicate_id.yaml'}:8:9: error: principles[1].id: duplicate principle id")
 
 
 def test_duplicate_keys_are_errors_not_silently_overwritten():
     found = problems("typo_and_duplicate_key.yaml")
-    assert found == [f"{FIXTURES / 'typo_and_duplicate_key.yaml'}:9: comparison_question: duplicate key"]
+    assert found == [f"{FIXTURES / 'typo_and_duplicate_key.yaml'}:9:5: error: comparison_question: duplicate key "
+                     "(hint: remove one of the two)"]
 
 
 def test_unknown_field_is_rejected_at_its_line(tmp_path):
@@ -50,10 +52,9 @@ def test_unknown_field_is_rejected_at_its_line(tmp_path):
         "    comparison_question: Which is the least harmful?\n", "")
     broken = tmp_path / "typo.yaml"
     broken.write_text(text)
-    with pytest.raises(ConstitutionError) as caught:
-        load_constitution(broken)
-    assert [str(p) for p in caught.value.problems] == [
-        f"{broken}:5: principles[0].critque_request: Extra inputs are not permitted"]
+    assert problems(broken) == [
+        f"{broken}:5:5: error: principles[0].critque_request: Extra inputs are not permitted "
+        "(hint: did you mean `critique_request`?)"]
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
@@ -81,3 +82,66 @@ def test_hash_ignores_formatting_but_not_meaning(tmp_path):
     changed = tmp_path / "d.yaml"
     changed.write_text(source.replace("weight: 1.0", "weight: 2.0", 1))
     assert load_constitution(changed).content_hash != original.content_hash
+
+
+V1_DEFAULT_HASH = "7e2015eb78aec102"
+"""The hash of principles/default.yaml before schema v2 (the file is kept as fixtures/v1_default.yaml)."""
+
+
+def test_v1_shipped_file_loads_and_hashes_as_before_migration():
+    v1 = load_constitution(FIXTURES / "v1_default.yaml")
+    assert v1.content_hash == V1_DEFAULT_HASH
+    assert [p.tags for p in v1.principles][:1] == [("harm",)]
+
+
+def render_all(principle):
+    return (principle.render("critique_request", prompt="p", response="r", round=0),
+            principle.render("revision_request", prompt="p", response="r", critique="c", round=0),
+            principle.render("comparison_question", prompt="p"))
+
+
+def test_migrated_shipped_file_renders_exactly_the_v1_wording():
+    v1, v2 = load_constitution(FIXTURES / "v1_default.yaml"), load_constitution("default")
+    assert [p.id for p in v2.principles] == [p.id for p in v1.principles]
+    for old, new in zip(v1.principles, v2.principles, strict=True):
+        assert render_all(new) == (old.critique_request, old.revision_request, old.comparison_question)
+        assert (new.tags, new.weight) == (old.tags, old.weight)
+    # New fields mean a new version: the migration is documented as changing the hash.
+    assert v2.content_hash != V1_DEFAULT_HASH
+
+
+def test_every_shipped_principle_has_contrastive_system_prompts_and_categories():
+    for principle in load_constitution("default").principles:
+        positive, negative = principle.positive_system_prompt, principle.negative_system_prompt
+        assert positive and negative and positive != negative, principle.id
+        # RLCD: the two wordings differ only where the principle is steered for or against.
+        shared = set(positive.split()) & set(negative.split())
+        assert len(shared) >= 0.6 * len(set(positive.split())), principle.id
+        if "harm" in principle.tags:
+            assert principle.applies_to == ("harmful", "borderline"), principle.id
+        else:
+            assert "harmful" not in principle.applies_to, principle.id
+
+
+def test_a_v1_file_keeps_braces_literal(tmp_path):
+    path = tmp_path / "v1.yaml"
+    path.write_text("name: x\nprinciples:\n  - id: a\n    category: harm\n    critique_request: Is {{ this }} ok?\n"
+                    "    revision_request: Fix it.\n    comparison_question: Which?\n")
+    principle = load_constitution(path).principles[0]
+    assert principle.render("critique_request", prompt="p", response="r", round=0) == "Is {{ this }} ok?"
+
+
+def test_v2_keys_in_a_v1_file_say_which_schema_they_need(tmp_path):
+    path = tmp_path / "v1.yaml"
+    path.write_text("name: x\nextends: default\nprinciples:\n  - id: a\n    category: harm\n"
+                    "    critique_request: c\n    revision_request: r\n    comparison_question: q\n")
+    assert problems(path) == [
+        f"{path}:2:1: error: extends: Extra inputs are not permitted "
+        "(hint: `extends` needs schema v2: add `schema: 2` at the top of the file)"]
+
+
+def test_unknown_schema_version_is_an_error(tmp_path):
+    path = tmp_path / "v3.yaml"
+    path.write_text("schema: 3\nname: x\n")
+    with pytest.raises(ConstitutionError, match=r"v3.yaml:1:9: error: schema: unknown schema version 3"):
+        load_constitution(path)

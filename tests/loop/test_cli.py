@@ -15,6 +15,6 @@ def test_cli_errors_are_clear(tmp_path):
     bad.write_text("name: x\nprinciples:\n  - id: Bad Id\n")
     check = runner.invoke(app, ["principles", "check", str(bad)])
     assert check.exit_code == 1
-    assert f"{bad}:3: principles[0].id:" in check.output
+    assert f"{bad}:3:9: error: principles[0].id:" in check.output
     ok = runner.invoke(app, ["principles", "check", str(ROOT / "principles")])
     assert ok.exit_code == 0 and "ok: " in ok.output

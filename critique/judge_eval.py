@@ -141,13 +141,22 @@ def detected(canary: Canary, text: str) -> bool:
     return all(is_injection(canary.render(text, label, position)) for label, position in (("A", 0), ("B", 1)))
 
 
+def spread(items: Sequence, n: int | None) -> list[int]:
+    """The indices of n items spread evenly over `items` (all of them when n is None or too large)."""
+    if n is None or n >= len(items):
+        return list(range(len(items)))
+    return sorted({round(i * len(items) / n) for i in range(n)})
+
+
 def evaluate(method: JudgeMethod, generator: Generator, pairs: Sequence[JudgePair], constitution: Constitution,
-             canaries: Sequence[Canary] = CANARIES) -> MethodScore:
+             canaries: Sequence[Canary] = CANARIES, canary_pairs: int | None = None) -> MethodScore:
     started = time.perf_counter()
     clean = method.judge(generator, matchups(pairs, constitution))
     result = score(method.name, pairs, clean, time.perf_counter() - started)
     if not canaries:
         return result
+    chosen = spread(pairs, canary_pairs)
+    pairs, clean = [pairs[i] for i in chosen], [clean[i] for i in chosen]
     every: list[float] = []
     adaptive: list[float] = []
     undetected: list[float] = []

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Float, cast, func, select
 from sqlalchemy.orm import Session
 
-from loop.store import Comparison, Critique, Iteration, Metric, Pair, Policy, Run, Sample, StageRun, count
+from loop.store import Comparison, Critique, Iteration, Metric, Pair, Policy, Review, Run, Sample, StageRun, count
 
 SERVING_METRICS = ("prefix_cache_hit_rate", "generated_tokens_per_s")
 """Recorded per stage from the vLLM server's counters (vllm-server backend only)."""
@@ -24,11 +24,14 @@ def iteration_summary(session: Session, iteration: Iteration) -> dict[str, Any]:
     in_iteration = Sample.iteration_id == iteration.id
     sample_ids = select(Sample.id).where(in_iteration)
     comparisons = select(Comparison).where(Comparison.sample_id.in_(sample_ids)).subquery()
+    answered = comparisons.c.abstained.is_(False)
     mean_p, agreeing = session.execute(select(
         func.avg(comparisons.c.p_b),
         # Both orders leaning the same way: how often the judge is not just following position.
         func.avg(cast((comparisons.c.p_b_when_second > 0.5) == (comparisons.c.p_b_when_first > 0.5), Float)),
-    )).one()
+    ).where(answered, comparisons.c.kind == "revision")).one()
+    abstained = session.scalar(select(func.count()).select_from(comparisons).where(~answered)) or 0
+    methods = sorted(set(session.scalars(select(comparisons.c.method).distinct())))
     by_stage: dict[str, dict[str, float]] = {}
     for m in session.scalars(select(Metric).where(Metric.iteration_id == iteration.id, Metric.step.is_(None))
                              .order_by(Metric.id)):
@@ -51,9 +54,15 @@ def iteration_summary(session: Session, iteration: Iteration) -> dict[str, Any]:
         "comparisons": count(session, Comparison, Comparison.sample_id.in_(sample_ids)),
         "pairs": count(session, Pair, Pair.iteration_id == iteration.id),
         "judge": {
+            "method": ", ".join(methods) or None,
             "mean_p_revision_better": mean_p,
             "order_agreement": agreeing,
+            "abstained": abstained,
         },
+        "pair_sources": dict(session.execute(select(Pair.source, func.count()).where(
+            Pair.iteration_id == iteration.id).group_by(Pair.source).order_by(Pair.source)).all()),
+        "sampler": by_stage.get("pairs", {}),
+        "review": review_agreement(session, iteration.id),
         "trainer": produced.trainer if produced else None,
         "train": by_stage.get("train", {}),
         "reward_model": by_stage.get("reward_model", {}),
@@ -62,3 +71,19 @@ def iteration_summary(session: Session, iteration: Iteration) -> dict[str, Any]:
                     for stage, values in by_stage.items() if any(k in SERVING_METRICS for k in values)},
         "wall_s": stages,
     }
+
+
+def latest_reviews(session: Session, iteration_id: int | None = None) -> dict[int, Review]:
+    """The latest review of each reviewed pair (of one iteration, or of the run)."""
+    query = select(Review).join(Pair, Review.pair_id == Pair.id).order_by(Review.id)
+    if iteration_id is not None:
+        query = query.where(Pair.iteration_id == iteration_id)
+    return {review.pair_id: review for review in session.scalars(query)}
+
+
+def review_agreement(session: Session, iteration_id: int | None = None) -> dict[str, Any]:
+    """How often reviewers agreed with the AI label: kept / (kept + flipped); dropped pairs are counted apart."""
+    verdicts = [r.verdict for r in latest_reviews(session, iteration_id).values()]
+    kept, flipped = verdicts.count("keep"), verdicts.count("flip")
+    return {"reviewed": len(verdicts), "kept": kept, "flipped": flipped, "dropped": verdicts.count("drop"),
+            "agreement": kept / (kept + flipped) if kept + flipped else None}

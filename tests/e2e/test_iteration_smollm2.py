@@ -26,6 +26,7 @@ def tiny_config(tmp_path, cai_home) -> Path:
     config["generation"]["max_new_tokens"] = 24
     config["critique"]["max_new_tokens"] = 24
     config["judge"]["margin"] = 0.0  # keep every pair so the tiny run always trains
+    config["pairs"] = {"source": "judged", "sampler": {"length_tolerance": None}}
     config["train"]["preference"]["max_length"] = 192
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -184,7 +184,7 @@ def judge_eval(
     model: Annotated[str, typer.Option(help="A built-in model name or a local HF model directory.")] = "",
     constitution: Annotated[str, typer.Option(help="A shipped constitution's name or a YAML path.")] = "default",
     canaries: Annotated[bool, typer.Option(help="Also run the injection canary suite (flip rates).")] = True,
-    limit: Annotated[int | None, typer.Option(help="Only the first N pairs.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only N pairs, spread evenly over the set.")] = None,
     canary_pairs: Annotated[int | None, typer.Option(
         help="Plant the canaries in N pairs spread evenly over the set (default: all; each canary is a full "
              "pass of the method).")] = None,
@@ -199,7 +199,7 @@ def judge_eval(
     from constitution import ConstitutionError, load_constitution
     from critique.injection import CANARIES
     from critique.judge import METHODS, make_method
-    from critique.judge_eval import JudgePairFileError, evaluate, load_judge_pairs
+    from critique.judge_eval import JudgePairFileError, evaluate, load_judge_pairs, spread
     from policies.models import DEFAULT_MODEL, ModelNotFoundError, load_model, resolve_model_dir
     from policies.runtime import quiet_model_libraries
     from policies.serving.transformers_backend import TransformersGenerator
@@ -212,7 +212,8 @@ def judge_eval(
         _fail(f"--method: unknown judge method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     try:
         rules = load_constitution(constitution)
-        judge_set = load_judge_pairs(pairs, rules)[:limit]
+        every = load_judge_pairs(pairs, rules)
+        judge_set = [every[i] for i in spread(every, limit)]
         loaded, tokenizer = load_model(resolve_model_dir(model or DEFAULT_MODEL, home.expanduser()))
     except (ConstitutionError, JudgePairFileError, ModelNotFoundError) as exc:
         _fail(str(exc))

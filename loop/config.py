@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from policies.adapters import LoraSettings
@@ -78,12 +78,13 @@ class JudgeSettings(Section):
     label_range: tuple[float, float] = (0.1, 0.9)
     """Soft labels are clamped into this range: overconfident AI labels hurt (the CAI paper used 0.4-0.6)."""
 
-    @model_validator(mode="after")
-    def _range_around_one_half(self) -> JudgeSettings:
-        low, high = self.label_range
+    @field_validator("label_range")
+    @classmethod
+    def _range_around_one_half(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
         if not 0 <= low < 0.5 < high <= 1:
-            raise ValueError("label_range must be (low, high) with 0 <= low < 0.5 < high <= 1")
-        return self
+            raise ValueError("must be [low, high] with 0 <= low < 0.5 < high <= 1")
+        return value
 
 
 class SamplerSettings(Section):

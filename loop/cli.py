@@ -229,7 +229,7 @@ def judge_eval(
         result = evaluate(make_method(name, rules), generator, judge_set, rules, CANARIES if canaries else (),
                           canary_pairs=canary_pairs)
         if as_json:
-            out.print_json(json.dumps(asdict(result)))
+            typer.echo(json.dumps(asdict(result)))  # one line per method
         table.add_row(name, *(_fmt(v) for v in (
             result.accuracy, result.position_consistency, result.accuracy_better_shorter, result.abstain_rate,
             result.judgments_per_s, result.flip_rate, result.adaptive_flip_rate, result.undetected_flip_rate)))

@@ -16,12 +16,12 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_judge_eval_prints_every_method(tiny_model_dir):
     result = CliRunner().invoke(app, [
         "judge", "eval", "--model", str(tiny_model_dir), "--pairs", str(ROOT / "data/eval/judge_pairs.jsonl"),
-        "--limit", "3", "--canary-pairs", "2", "--json"])
+        "--limit", "2", "--canary-pairs", "1", "--json"])
     assert result.exit_code == 0, result.output
     scores = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [s["method"] for s in scores] == ["labels", "ensemble", "self-consistency", "pointwise", "cot"]
     for s in scores:
-        assert s["pairs"] == 3 and 0 <= s["abstain_rate"] <= 1 and s["judgments_per_s"] > 0
+        assert s["pairs"] == 2 and 0 <= s["abstain_rate"] <= 1 and s["judgments_per_s"] > 0
 
 
 def test_judge_eval_rejects_an_unknown_method_in_one_line():

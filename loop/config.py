@@ -97,9 +97,8 @@ class SamplerSettings(Section):
     length_tolerance: float | None = Field(default=0.1, ge=0)
     """Reject the pairs with the largest length gap until |mean(chosen - rejected length)| is at most this
     fraction of the mean rejected length: no systematic "chosen is longer" (null: no length control)."""
-    stratify: bool = True
-    """With max_pairs: take pairs round-robin across principles, most confident first."""
     max_pairs: int | None = Field(default=None, ge=1)
+    """A cap per iteration, taken round-robin across principles, most confident first (stratified)."""
     deduplicate: bool = True
     """Drop pairs already trained on in an earlier iteration of the run (same prompt, chosen and rejected)."""
 

@@ -67,8 +67,9 @@ class JudgeSettings(Section):
     built-in name or a local HF directory; vllm-server: a model name served at `url`."""
     url: str | None = None
     """vllm-server only: the server of the judge's model (default: generation.server.url)."""
-    method: Literal["labels", "ensemble", "self-consistency", "pointwise", "cot"] = "labels"
-    """How the judge decides (measured by `cai judge eval`; see the README's table)."""
+    method: Literal["labels", "ensemble", "self-consistency", "pointwise", "cot"] = "pointwise"
+    """How the judge decides. pointwise by measurement on SmolLM2 (README: AI feedback): as accurate as any
+    method there (none clearly beats chance), no position or length bias, and the lowest canary flip rate."""
     ensemble_k: int = Field(default=3, ge=1)
     """ensemble: how many principles of the drawn principle's category are averaged."""
     samples: int = Field(default=5, ge=1)

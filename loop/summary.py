@@ -25,11 +25,13 @@ def iteration_summary(session: Session, iteration: Iteration) -> dict[str, Any]:
     sample_ids = select(Sample.id).where(in_iteration)
     comparisons = select(Comparison).where(Comparison.sample_id.in_(sample_ids)).subquery()
     answered = comparisons.c.abstained.is_(False)
-    mean_p, agreeing = session.execute(select(
-        func.avg(comparisons.c.p_b),
-        # Both orders leaning the same way: how often the judge is not just following position.
+    revision_verdicts = (answered, comparisons.c.kind == "revision")
+    mean_p = session.scalar(select(func.avg(comparisons.c.p_b)).where(*revision_verdicts))
+    # Both orders leaning the same way: how often the judge is not just following position (pointwise scores
+    # show no order, so they have none to report).
+    agreeing = session.scalar(select(
         func.avg(cast((comparisons.c.p_b_when_second > 0.5) == (comparisons.c.p_b_when_first > 0.5), Float)),
-    ).where(answered, comparisons.c.kind == "revision")).one()
+    ).where(*revision_verdicts, comparisons.c.method != "pointwise"))
     abstained = session.scalar(select(func.count()).select_from(comparisons).where(~answered)) or 0
     methods = sorted(set(session.scalars(select(comparisons.c.method).distinct())))
     by_stage: dict[str, dict[str, float]] = {}

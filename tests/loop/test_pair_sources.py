@@ -68,7 +68,7 @@ def make_config(tmp_path: Path, **sections) -> RunConfig:
     base = {"home": tmp_path / "home", "seed": 0, "model": {"name": "unused", "device": "cpu"},
             "prompts": {"files": [ROOT / "data/prompts/harmful.jsonl", ROOT / "data/prompts/benign.jsonl"],
                         "per_iteration": 6},
-            "judge": {"margin": 0.05}}
+            "judge": {"margin": 0.05, "method": "labels"}}
     for key, value in sections.items():
         base[key] = {**base.get(key, {}), **value}
     return resolve_paths(RunConfig(**base), ROOT)

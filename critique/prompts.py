@@ -14,6 +14,8 @@ JUDGE_SYSTEM = (
 def fence(label: str, text: str) -> str:
     """Wrap untrusted text in markers it cannot close early (marker words inside it are defused)."""
     clean = text.replace("[BEGIN ", "[begin ").replace("[END ", "[end ")
+    # Chat-template markers in the text would be read as real turn boundaries by the tokenizer.
+    clean = clean.replace("<|", "< |").replace("|>", "| >")
     return f"[BEGIN {label}]\n{clean}\n[END {label}]"
 
 
@@ -55,14 +57,47 @@ def revision_conversation(prompt: str, answer: str, critique: str, principle: Pr
     ]
 
 
-def judge_conversation(prompt: str, first: str, second: str, principle: Principle,
-                       labels: tuple[str, str]) -> Conversation:
+def _comparison(prompt: str, first: str, second: str, labels: tuple[str, str]) -> list[str]:
     a, b = labels
-    body = "\n\n".join([
+    return [
         "Here is a request from a person to an AI assistant, followed by two possible responses.",
         fence("REQUEST", prompt),
         fence(f"RESPONSE {a}", first),
         fence(f"RESPONSE {b}", second),
+    ]
+
+
+def judge_conversation(prompt: str, first: str, second: str, principle: Principle,
+                       labels: tuple[str, str]) -> Conversation:
+    a, b = labels
+    body = "\n\n".join([
+        *_comparison(prompt, first, second, labels),
         f"{principle.render('comparison_question', prompt=prompt)}\nAnswer with the single letter {a} or {b}.",
+    ])
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": body}]
+
+
+COT_VERDICT_PREFIX = "Verdict:"
+
+
+def cot_conversation(prompt: str, first: str, second: str, principle: Principle,
+                     labels: tuple[str, str]) -> Conversation:
+    a, b = labels
+    question = principle.render("comparison_question", prompt=prompt)
+    body = "\n\n".join([
+        *_comparison(prompt, first, second, labels),
+        f"{question}\nThink it through in two or three sentences, then end with "
+        f"\"{COT_VERDICT_PREFIX} {a}\" or \"{COT_VERDICT_PREFIX} {b}\".",
+    ])
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": body}]
+
+
+def pointwise_conversation(prompt: str, response: str, principle: Principle) -> Conversation:
+    body = "\n\n".join([
+        "Here is a request from a person to an AI assistant, followed by the assistant's response.",
+        fence("REQUEST", prompt),
+        fence("RESPONSE", response),
+        f"A good response is judged by this question: {principle.render('comparison_question', prompt=prompt)}\n"
+        "Is this a good response by that standard? Answer Yes or No.",
     ])
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": body}]

@@ -16,6 +16,8 @@ class Draft:
     """Stable id of the sample; with the round it fixes which principle is drawn."""
     prompt: str
     response: str
+    category: str | None = None
+    """The prompt's category: principles are drawn among those that apply to it (None: all)."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ def critique_and_revise(generator: Generator, sampler: PrincipleSampler, drafts:
     chains: list[list[RevisionStep]] = [[] for _ in drafts]
     answers = [d.response for d in drafts]
     for round_ in range(rounds):
-        principles = [sampler.sample(d.key, "revise", round_) for d in drafts]
+        principles = [sampler.sample(d.key, "revise", round_, category=d.category) for d in drafts]
         critiques = generator.generate(
             [critique_conversation(d.prompt, a, p, round_)
              for d, a, p in zip(drafts, answers, principles, strict=True)],

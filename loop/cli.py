@@ -21,6 +21,13 @@ app = typer.Typer(help="cai: Constitutional AI and RLAIF self-improvement.", no_
                   pretty_exceptions_show_locals=False)
 principles_app = typer.Typer(help="Work with principle (constitution) files.", no_args_is_help=True)
 app.add_typer(principles_app, name="principles")
+judge_app = typer.Typer(help="Measure the AI judge.", no_args_is_help=True)
+app.add_typer(judge_app, name="judge")
+review_app = typer.Typer(help="Review preference pairs: a reviewer's verdict overrides the AI label.",
+                         no_args_is_help=True)
+app.add_typer(review_app, name="review")
+export_app = typer.Typer(help="Export a run's data.", no_args_is_help=True)
+app.add_typer(export_app, name="export")
 
 console = Console(stderr=True)
 out = Console()
@@ -406,6 +413,168 @@ def principles_try(
         _fail(str(exc))
 
 
+@judge_app.command("eval")
+def judge_eval(
+    method: Annotated[list[str] | None, typer.Option(
+        "--method", help="labels, ensemble, self-consistency, pointwise or cot; repeat it (default: all).")] = None,
+    pairs: Annotated[Path, typer.Option(help="The labelled judge set (JSONL).")] = Path("data/eval/judge_pairs.jsonl"),
+    model: Annotated[str, typer.Option(help="A built-in model name or a local HF model directory.")] = "",
+    constitution: Annotated[str, typer.Option(help="A shipped constitution's name or a YAML path.")] = "default",
+    canaries: Annotated[bool, typer.Option(help="Also run the injection canary suite (flip rates).")] = True,
+    limit: Annotated[int | None, typer.Option(help="Only N pairs, spread evenly over the set.")] = None,
+    canary_pairs: Annotated[int | None, typer.Option(
+        help="Plant the canaries in N pairs spread evenly over the set (default: all; each canary is a full "
+             "pass of the method).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Judge batch size.")] = 16,
+    home: Annotated[Path, typer.Option(envvar="CAI_HOME", help="Model cache.")] = Path("~/.cache/cai"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON lines.")] = False,
+) -> None:
+    """Score judging methods on pairs with a known better response: accuracy, position consistency, accuracy
+    where the better is shorter, abstain rate, judgments/s and the injection canaries' flip rates."""
+    from dataclasses import asdict
+
+    from constitution import ConstitutionError, load_constitution
+    from critique.injection import CANARIES
+    from critique.judge import METHODS, make_method
+    from critique.judge_eval import JudgePairFileError, evaluate, load_judge_pairs, spread
+    from policies.models import DEFAULT_MODEL, ModelNotFoundError, load_model, resolve_model_dir
+    from policies.runtime import quiet_model_libraries
+    from policies.serving.transformers_backend import TransformersGenerator
+
+    _setup_logging(None)
+    quiet_model_libraries()
+    names = method or list(METHODS)
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        _fail(f"--method: unknown judge method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    try:
+        rules = load_constitution(constitution)
+        every = load_judge_pairs(pairs, rules)
+        judge_set = [every[i] for i in spread(every, limit)]
+        loaded, tokenizer = load_model(resolve_model_dir(model or DEFAULT_MODEL, home.expanduser()))
+    except (ConstitutionError, JudgePairFileError, ModelNotFoundError) as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"{pairs}: cannot read judge set: {exc.strerror or exc}")
+    generator = TransformersGenerator(loaded, tokenizer, name=model or DEFAULT_MODEL, batch_size=batch_size)
+    table = Table(title=f"judge eval · {len(judge_set)} pairs from {pairs} · {generator.name}", header_style="bold")
+    for column in ("method", "accuracy", "position consistency", "accuracy, better shorter", "abstain",
+                   "judgments/s", "flip rate", "flip rate, adaptive", "flip rate after detector"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for name in names:
+        console.print(f"judging with {name} ...", highlight=False)
+        result = evaluate(make_method(name, rules), generator, judge_set, rules, CANARIES if canaries else (),
+                          canary_pairs=canary_pairs)
+        if as_json:
+            typer.echo(json.dumps(asdict(result)))  # one line per method
+        table.add_row(name, *(_fmt(v) for v in (
+            result.accuracy, result.position_consistency, result.accuracy_better_shorter, result.abstain_rate,
+            result.judgments_per_s, result.flip_rate, result.adaptive_flip_rate, result.undetected_flip_rate)))
+    if not as_json:
+        out.print(table)
+
+
+def _open_store(run_dir: Path):
+    from loop.store import Store
+
+    if not (run_dir / "cai.db").is_file():
+        _fail(f"no run in {run_dir} (no cai.db); start one with `cai iterate --config FILE --run-dir {run_dir}`")
+    return Store.for_run_dir(run_dir)
+
+
+@review_app.command("list")
+def review_list(
+    run_dir: RunDir,
+    iteration: Annotated[int | None, typer.Option(help="Only this iteration's pairs.")] = None,
+    width: Annotated[int, typer.Option(help="Characters of each text shown.")] = 60,
+) -> None:
+    """The pairs with their AI label and latest review, and the reviewers' agreement with the judge."""
+    from sqlalchemy import select
+
+    from loop.store import Iteration, Pair
+    from loop.summary import latest_reviews, review_agreement
+
+    store = _open_store(run_dir)
+    with store.session() as session:
+        query = select(Pair, Iteration.index).join(Iteration, Pair.iteration_id == Iteration.id).order_by(Pair.id)
+        if iteration is not None:
+            query = query.where(Iteration.index == iteration)
+        rows = session.execute(query).all()
+        reviews = latest_reviews(session)
+        agreement = review_agreement(session, None)
+    store.dispose()
+    table = Table(title=f"pairs in {run_dir}", header_style="bold")
+    for column in ("pair", "iter", "source", "principle", "label", "chosen", "rejected", "review"):
+        table.add_column(column)
+    for pair, index in rows:
+        review = reviews.get(pair.id)
+        table.add_row(str(pair.id), str(index), pair.source, pair.principle_id or "-", f"{pair.target:.2f}",
+                      escape(pair.chosen[:width]), escape(pair.rejected[:width]),
+                      escape(f"{review.verdict} ({review.reviewer}) {review.note}") if review else "")
+    out.print(table)
+    out.print(f"reviewed {agreement['reviewed']}: kept {agreement['kept']}, flipped {agreement['flipped']}, "
+              f"dropped {agreement['dropped']}; agreement with the judge {_fmt(agreement['agreement'])}",
+              highlight=False)
+
+
+def _review(run_dir: Path, pair_id: int, verdict: str, note: str, reviewer: str | None) -> None:
+    import getpass
+
+    from loop.store import Pair, Review
+
+    store = _open_store(run_dir)
+    with store.session() as session:
+        if session.get(Pair, pair_id) is None:
+            store.dispose()
+            _fail(f"no pair {pair_id} in {run_dir}; `cai review list --run-dir {run_dir}` shows them")
+        session.add(Review(pair_id=pair_id, verdict=verdict, note=note, reviewer=reviewer or getpass.getuser()))
+    store.dispose()
+    out.print(f"pair {pair_id}: {verdict}", highlight=False)
+
+
+PairId = Annotated[int, typer.Argument(help="The pair's id (from `cai review list`).")]
+Note = Annotated[str, typer.Option("--note", help="Why.")]
+Reviewer = Annotated[str | None, typer.Option(help="Who reviews (default: the login name).")]
+
+
+@review_app.command("keep")
+def review_keep(pair: PairId, run_dir: RunDir, note: Note = "", reviewer: Reviewer = None) -> None:
+    """Agree with the AI label."""
+    _review(run_dir, pair, "keep", note, reviewer)
+
+
+@review_app.command("flip")
+def review_flip(pair: PairId, run_dir: RunDir, note: Note = "", reviewer: Reviewer = None) -> None:
+    """The rejected response is the better one: chosen and rejected are swapped."""
+    _review(run_dir, pair, "flip", note, reviewer)
+
+
+@review_app.command("drop")
+def review_drop(pair: PairId, run_dir: RunDir, note: Note = "", reviewer: Reviewer = None) -> None:
+    """The pair must not be trained on."""
+    _review(run_dir, pair, "drop", note, reviewer)
+
+
+@export_app.command("pairs")
+def export_pairs(
+    run_dir: RunDir,
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or parquet.")] = "jsonl",
+    output: Annotated[Path | None, typer.Option(help="Default: RUN_DIR/export/pairs.FORMAT.")] = None,
+) -> None:
+    """The run's pairs in TRL's conversational prompt/chosen/rejected layout, with target, principle_id,
+    iteration and source columns; reviews applied (flipped pairs swapped, dropped ones left out)."""
+    from loop.export import pair_records, write_pairs
+
+    if fmt not in ("jsonl", "parquet"):
+        _fail(f"--format: {fmt!r} is not one of jsonl, parquet")
+    store = _open_store(run_dir)
+    with store.session() as session:
+        records = pair_records(session)
+    store.dispose()
+    path = write_pairs(records, output or run_dir / "export" / f"pairs.{fmt}", fmt)  # type: ignore[arg-type]
+    out.print(f"{len(records)} pairs -> {path}", highlight=False)
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
@@ -444,7 +613,24 @@ def render_summary(summary: dict[str, Any]) -> None:
     table.add_row("judge", "comparisons", _fmt(summary["comparisons"]), _fmt(wall.get("judge")))
     table.add_row("", "mean p(revision better)", _fmt(judge["mean_p_revision_better"]), "")
     table.add_row("", "both orders agree", _fmt(judge["order_agreement"]), "")
+    table.add_row("", f"abstained ({judge.get('method') or '-'})", _fmt(judge.get("abstained")), "")
     table.add_row("pairs", "kept pairs", _fmt(summary["pairs"]), _fmt(wall.get("pairs")))
+    for source, n in summary.get("pair_sources", {}).items():
+        table.add_row("", f"from {source}", _fmt(n), "")
+    sampler = summary.get("sampler", {})
+    for name, value in sampler.items():
+        if name.startswith("dropped_"):
+            table.add_row("", f"dropped: {name.removeprefix('dropped_')}", _fmt(value), "")
+    if "length_diff_before" in sampler:
+        table.add_row("", "chosen − rejected chars, before → after",
+                      f"{_fmt(sampler['length_diff_before'])} → {_fmt(sampler.get('length_diff_after'))}", "")
+    if "margin" in sampler:
+        table.add_row("", "confidence margin", _fmt(sampler["margin"]), "")
+    review = summary.get("review") or {}
+    if review.get("reviewed"):
+        table.add_row("review", f"reviewed (kept / flipped / dropped {review['kept']} / {review['flipped']} / "
+                      f"{review['dropped']})", _fmt(review["reviewed"]), "")
+        table.add_row("", "agreement with the judge", _fmt(review["agreement"]), "")
     table.add_row("train", f"trainer: {summary['trainer'] or '-'}", "", _fmt(wall.get("train")))
     for section in ("sft", "reward_model", "train"):
         for label, value in _metric_rows(summary[section]):

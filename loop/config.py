@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from loop.environment import unknown_variables, variable_for
@@ -78,6 +78,53 @@ class JudgeSettings(Section):
     built-in name or a local HF directory; vllm-server: a model name served at `url`."""
     url: str | None = None
     """vllm-server only: the server of the judge's model (default: generation.server.url)."""
+    method: Literal["labels", "ensemble", "self-consistency", "pointwise", "cot"] = "pointwise"
+    """How the judge decides. pointwise by measurement on SmolLM2 (README: AI feedback): as accurate as any
+    method there (none clearly beats chance), no position or length bias, and the lowest canary flip rate."""
+    ensemble_k: int = Field(default=3, ge=1)
+    """ensemble: how many principles of the drawn principle's category are averaged."""
+    samples: int = Field(default=5, ge=1)
+    """self-consistency: sampled verdicts per order."""
+    min_label_prob: float = Field(default=1e-4, gt=0, lt=1)
+    """Abstain when neither label reaches this probability (the labels are not among the likely tokens)."""
+    label_range: tuple[float, float] = (0.1, 0.9)
+    """Soft labels are clamped into this range: overconfident AI labels hurt (the CAI paper used 0.4-0.6)."""
+
+    @field_validator("label_range")
+    @classmethod
+    def _range_around_one_half(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 <= low < 0.5 < high <= 1:
+            raise ValueError("must be [low, high] with 0 <= low < 0.5 < high <= 1")
+        return value
+
+
+class SamplerSettings(Section):
+    """Which labelled pairs are trained on."""
+
+    margin_end: float | None = Field(default=None, ge=0, lt=0.5)
+    """The confidence threshold anneals from judge.margin (iteration 1) to this over `anneal_iterations`
+    (default: no annealing)."""
+    anneal_iterations: int = Field(default=5, ge=1)
+    length_tolerance: float | None = Field(default=0.1, ge=0)
+    """Reject the pairs with the largest length gap until |mean(chosen - rejected length)| is at most this
+    fraction of the mean rejected length: no systematic "chosen is longer" (null: no length control)."""
+    max_pairs: int | None = Field(default=None, ge=1)
+    """A cap per iteration, taken round-robin across principles, most confident first (stratified)."""
+    deduplicate: bool = True
+    """Drop pairs already trained on in an earlier iteration of the run (same prompt, chosen and rejected)."""
+
+
+class PairSettings(Section):
+    source: Literal["judged", "contrastive", "revision", "mixed"] = "judged"
+    """judged: the judge compares answer and revision. contrastive: the policy answers under a principle's
+    positive and negative system prompt, labelled by construction (RLCD). revision: the revision preferred
+    unless the judge confidently disagrees. mixed: revision and contrastive pairs together."""
+    confirm: bool = False
+    """contrastive: also judge the two answers and drop the pairs the judge confidently disagrees with."""
+    principles_by_category: bool = True
+    """Draw principles only among those whose `applies_to` lists the prompt's category (or is empty)."""
+    sampler: SamplerSettings = SamplerSettings()
 
 
 LOOP_SET_FIELDS = {"seed": "each trainer's seed derives from the run's top-level `seed`",
@@ -174,6 +221,7 @@ class RunConfig(BaseSettings):
     generation: GenerationSettings = GenerationSettings()
     critique: CritiqueSettings = CritiqueSettings()
     judge: JudgeSettings = JudgeSettings()
+    pairs: PairSettings = PairSettings()
     train: TrainSettings = TrainSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     """The held-out sets every candidate policy is measured on (default: the shipped data/eval sets)."""

@@ -90,8 +90,21 @@ class Critique(Base):
     constitution_hash: Mapped[str]
 
 
+class Contrast(Base):
+    """The contrastive (RLCD) answers of a sample: π_i under a principle's positive and negative system prompt."""
+
+    __tablename__ = "contrasts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), unique=True)
+    principle_id: Mapped[str]
+    positive: Mapped[str] = mapped_column(Text)
+    negative: Mapped[str] = mapped_column(Text)
+    constitution_hash: Mapped[str]
+
+
 class Comparison(Base):
-    """The judge's verdict on response (A) against revision (B) under one principle."""
+    """The judge's verdict on response (A) against revision (B) under one principle (kind "revision"), or on
+    the negative (A) against the positive (B) contrastive answer (kind "contrastive")."""
 
     __tablename__ = "comparisons"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -103,18 +116,40 @@ class Comparison(Base):
     p_b: Mapped[float]
     """Position-debiased p(revision better): the mean of the two orders."""
     constitution_hash: Mapped[str]
+    kind: Mapped[str] = mapped_column(default="revision")
+    method: Mapped[str] = mapped_column(default="labels")
+    abstained: Mapped[bool] = mapped_column(default=False)
 
 
 class Pair(Base):
     __tablename__ = "pairs"
     id: Mapped[int] = mapped_column(primary_key=True)
-    comparison_id: Mapped[int] = mapped_column(ForeignKey("comparisons.id"), unique=True)
+    comparison_id: Mapped[int | None] = mapped_column(ForeignKey("comparisons.id"), unique=True)
+    """The verdict behind the label (None for a contrastive pair that was not judged)."""
     iteration_id: Mapped[int] = mapped_column(ForeignKey("iterations.id"), index=True)
     chosen: Mapped[str] = mapped_column(Text)
     rejected: Mapped[str] = mapped_column(Text)
     chosen_is_revision: Mapped[bool]
     target: Mapped[float]
-    """Soft label: the judge's probability that `chosen` is better."""
+    """Soft label: the probability that `chosen` is better (the judge's, clamped, or the label by construction)."""
+    sample_id: Mapped[int | None] = mapped_column(ForeignKey("samples.id"), index=True)
+    source: Mapped[str] = mapped_column(default="judged")
+    """judged | revision | contrastive: how the pair was made and labelled."""
+    principle_id: Mapped[str | None]
+    key: Mapped[str | None] = mapped_column(index=True)
+    """The pair's identity across iterations (prompt, chosen, rejected), for de-duplication."""
+
+
+class Review(Base):
+    """A person's verdict on a pair: keep, flip (chosen and rejected swapped) or drop. The latest one counts."""
+
+    __tablename__ = "reviews"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pair_id: Mapped[int] = mapped_column(ForeignKey("pairs.id"), index=True)
+    verdict: Mapped[str]
+    note: Mapped[str] = mapped_column(Text, default="")
+    reviewer: Mapped[str]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Policy(Base):

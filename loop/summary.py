@@ -18,6 +18,7 @@ from loop.store import (
     Metric,
     Pair,
     Policy,
+    Review,
     Run,
     Sample,
     StageRun,
@@ -39,11 +40,16 @@ def iteration_summary(session: Session, iteration: Iteration) -> dict[str, Any]:
     in_iteration = Sample.iteration_id == iteration.id
     sample_ids = select(Sample.id).where(in_iteration)
     comparisons = select(Comparison).where(Comparison.sample_id.in_(sample_ids)).subquery()
-    mean_p, agreeing = session.execute(select(
-        func.avg(comparisons.c.p_b),
-        # Both orders leaning the same way: how often the judge is not just following position.
+    answered = comparisons.c.abstained.is_(False)
+    revision_verdicts = (answered, comparisons.c.kind == "revision")
+    mean_p = session.scalar(select(func.avg(comparisons.c.p_b)).where(*revision_verdicts))
+    # Both orders leaning the same way: how often the judge is not just following position (pointwise scores
+    # show no order, so they have none to report).
+    agreeing = session.scalar(select(
         func.avg(cast((comparisons.c.p_b_when_second > 0.5) == (comparisons.c.p_b_when_first > 0.5), Float)),
-    )).one()
+    ).where(*revision_verdicts, comparisons.c.method != "pointwise"))
+    abstained = session.scalar(select(func.count()).select_from(comparisons).where(~answered)) or 0
+    methods = sorted(set(session.scalars(select(comparisons.c.method).distinct())))
     by_stage: dict[str, dict[str, float]] = {}
     for m in session.scalars(select(Metric).where(Metric.iteration_id == iteration.id, Metric.step.is_(None))
                              .order_by(Metric.id)):
@@ -72,9 +78,15 @@ def iteration_summary(session: Session, iteration: Iteration) -> dict[str, Any]:
         "comparisons": count(session, Comparison, Comparison.sample_id.in_(sample_ids)),
         "pairs": count(session, Pair, Pair.iteration_id == iteration.id),
         "judge": {
+            "method": ", ".join(methods) or None,
             "mean_p_revision_better": mean_p,
             "order_agreement": agreeing,
+            "abstained": abstained,
         },
+        "pair_sources": dict(session.execute(select(Pair.source, func.count()).where(
+            Pair.iteration_id == iteration.id).group_by(Pair.source).order_by(Pair.source)).all()),
+        "sampler": by_stage.get("pairs", {}),
+        "review": review_agreement(session, iteration.id),
         "trainer": produced.trainer if produced else None,
         "train": by_stage.get("train", {}),
         "reward_model": by_stage.get("reward_model", {}),
@@ -114,3 +126,19 @@ def gate_summary(session: Session, iteration: Iteration) -> dict[str, Any] | Non
             "reasons": [c["reason"] for c in decision.checks if not c["passed"]],
             "checks": decision.checks,
             "halt_resolved": decision.resolved_at.isoformat() if decision.resolved_at else None}
+
+
+def latest_reviews(session: Session, iteration_id: int | None = None) -> dict[int, Review]:
+    """The latest review of each reviewed pair (of one iteration, or of the run)."""
+    query = select(Review).join(Pair, Review.pair_id == Pair.id).order_by(Review.id)
+    if iteration_id is not None:
+        query = query.where(Pair.iteration_id == iteration_id)
+    return {review.pair_id: review for review in session.scalars(query)}
+
+
+def review_agreement(session: Session, iteration_id: int | None = None) -> dict[str, Any]:
+    """How often reviewers agreed with the AI label: kept / (kept + flipped); dropped pairs are counted apart."""
+    verdicts = [r.verdict for r in latest_reviews(session, iteration_id).values()]
+    kept, flipped = verdicts.count("keep"), verdicts.count("flip")
+    return {"reviewed": len(verdicts), "kept": kept, "flipped": flipped, "dropped": verdicts.count("drop"),
+            "agreement": kept / (kept + flipped) if kept + flipped else None}

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from loop.config import RunConfig
 from loop.context import IterationContext
-from loop.store import Comparison, Metric, Pair, Policy, Run, Sample
+from loop.store import Metric, Pair, Policy, Run, Sample
 from policies.files import atomic_directory, atomic_write_text
 from policies.training.launcher import launch
 from policies.training.spec import TrainerKind, TrainSpec
@@ -91,8 +91,7 @@ def train(ctx: IterationContext) -> None:
     t = ctx.config.train
     with ctx.store.session() as session:
         pairs = session.execute(
-            select(Pair, Sample.prompt).join(Comparison, Pair.comparison_id == Comparison.id)
-            .join(Sample, Comparison.sample_id == Sample.id)
+            select(Pair, Sample.prompt).join(Sample, Pair.sample_id == Sample.id)
             .where(Pair.iteration_id == ctx.iteration_id).order_by(Pair.id)).all()
         revisions = session.execute(select(Sample.prompt, Sample.revision).where(
             Sample.iteration_id == ctx.iteration_id, Sample.revision.is_not(None)).order_by(Sample.id)).all()

@@ -30,6 +30,7 @@ def tiny_config(tmp_path, cai_home) -> Path:
     # A small held-out evaluation and gates open to any candidate: these tests are about the loop's chain.
     config["evaluation"] = {"per_set": 2, "max_new_tokens": 16, "refusal": {"classifier": "lexical"}}
     config["gates"] = {g.setting: None for g in GATES}
+    config["pairs"] = {"source": "judged", "sampler": {"length_tolerance": None}}
     config["train"]["preference"]["max_length"] = 192
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))

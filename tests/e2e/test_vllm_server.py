@@ -31,6 +31,7 @@ def iterated(vllm_served, tmp_path_factory):
     config["generation"]["max_new_tokens"] = 24
     config["critique"]["max_new_tokens"] = 24
     config["judge"]["margin"] = 0.0  # keep every pair so the tiny run always trains
+    config["pairs"] = {"source": "judged", "sampler": {"length_tolerance": None}}
     config["train"]["preference"] |= {"max_length": 192, "learning_rate": 5e-3}  # a visibly different policy
     folder = tmp_path_factory.mktemp("served-run")
     path = folder / "tiny.yaml"

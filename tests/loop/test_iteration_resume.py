@@ -23,7 +23,9 @@ def config(tiny_model_dir, cai_home) -> RunConfig:
         prompts={"files": [ROOT / "data/prompts/harmful.jsonl", ROOT / "data/prompts/borderline.jsonl"],
                  "per_iteration": 3},
         generation={"max_new_tokens": 6}, critique={"max_new_tokens": 6, "rounds": 2},
-        judge={"margin": 0.0},
+        judge={"margin": 0.0, "min_label_prob": 1e-12},  # a random tiny model puts ~1e-5 on any token
+        # Every pair kept: these tests are about resuming, not about which pairs are sampled.
+        pairs={"sampler": {"length_tolerance": None}},
         train={"preference": {"batch_size": 2, "max_length": 96, "learning_rate": 1e-2}, "lora": {"r": 4, "alpha": 8}},
         # A small evaluation, and gates that let any candidate through: these tests are about resuming.
         evaluation={"per_set": 2, "max_new_tokens": 4, "refusal": {"classifier": "lexical"}},

@@ -26,6 +26,8 @@ def config_path(tmp_path, cai_home) -> Path:
     config["prompts"]["per_iteration"] = 2
     config["generation"]["max_new_tokens"] = 16
     config["critique"]["max_new_tokens"] = 16
+    # The refuser trains with the config's SFT settings; a config only accepts them with the SFT stage on.
+    config["train"]["sft_on_revisions"] = True
     config["train"]["sft"] = {"epochs": 2, "learning_rate": 1e-3, "batch_size": 8, "max_length": 128}
     config["evaluation"] = {"per_set": 8, "max_new_tokens": 32, "refusal": {"classifier": "lexical"}}
     # The default gates, except the KL blow-up halt, which a refuse-everything adapter may (rightly) also

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from loop.database import read_only_connection
+from loop.gates import GATES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,9 +26,14 @@ def tiny_config(model_dir: Path, home: Path, **sections: Any) -> dict[str, Any]:
         "prompts": {"files": [str(ROOT / "data/prompts/harmful.jsonl"), str(ROOT / "data/prompts/borderline.jsonl")],
                     "per_iteration": 3},
         "generation": {"max_new_tokens": 6}, "critique": {"max_new_tokens": 6, "rounds": 2},
-        "judge": {"margin": 0.0},
+        # A random tiny model puts ~1e-5 on any label token; keep every pair so every iteration trains.
+        "judge": {"margin": 0.0, "min_label_prob": 1e-12},
+        "pairs": {"sampler": {"length_tolerance": None}},
         "train": {"preference": {"batch_size": 2, "max_length": 96, "learning_rate": 1e-2},
                   "lora": {"r": 4, "alpha": 8}},
+        # A small held-out evaluation, gates open: these runs are about the loop's safety, not the model.
+        "evaluation": {"per_set": 2, "max_new_tokens": 5, "refusal": {"classifier": "lexical"}},
+        "gates": {g.setting: None for g in GATES},
     }
     for name, values in sections.items():
         config[name] = {**config.get(name, {}), **values} if isinstance(values, dict) else values

@@ -29,7 +29,8 @@ def tiny_config(model_dir, home, **gates) -> RunConfig:
         prompts={"files": [ROOT / "data/prompts/harmful.jsonl", ROOT / "data/prompts/borderline.jsonl"],
                  "per_iteration": 2},
         generation={"max_new_tokens": 4}, critique={"max_new_tokens": 4},
-        judge={"margin": 0.0},
+        judge={"margin": 0.0, "min_label_prob": 1e-12},  # a random tiny model puts ~1e-5 on any token
+        pairs={"sampler": {"length_tolerance": None}},
         train={"preference": {"batch_size": 2, "max_length": 64, "learning_rate": 1e-2}, "lora": {"r": 4, "alpha": 8}},
         evaluation={"per_set": 2, "max_new_tokens": 5, "refusal": {"classifier": "lexical"}},
         gates=OPEN_GATES | gates,

@@ -30,7 +30,7 @@ def test_judge_eval_rejects_an_unknown_method_in_one_line():
 
 
 @pytest.mark.parametrize(("section", "message"), [
-    ({"judge": {"label_range": [0.6, 0.9]}}, "judge.label_range: Value error, must be"),
+    ({"judge": {"label_range": [0.6, 0.9]}}, "judge.label_range: must be"),
     ({"pairs": {"source": "vibes"}}, "pairs.source: Input should be"),
     ({"pairs": {"sampler": {"margin_end": 0.7}}}, "pairs.sampler.margin_end: Input should be less than 0.5"),
 ])

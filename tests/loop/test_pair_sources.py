@@ -131,9 +131,13 @@ def test_mixed_with_confirmation_drops_what_the_judge_confidently_rejects(tmp_pa
 
 
 def test_judged_pairs_are_clamped_and_abstentions_counted(tmp_path):
+    silent: list[str] = []  # the first sample the judge sees: it abstains on every verdict about that one
+
     def judge(conversation, choices):
         text = conversation[-1]["content"]
-        if "first answer to: Give me" in text:  # no label mass at all: abstain
+        answer = text.split("first answer to: ", 1)[1][:30]
+        silent[:] = silent or [answer]
+        if answer == silent[0]:  # no label mass at all: abstain
             return [math.log(1e-7), math.log(1e-7)]
         return judge_prefers("revised answer", 0.99)(conversation, choices)
     config = make_config(tmp_path, pairs={"sampler": {"length_tolerance": None}})
@@ -163,7 +167,7 @@ def test_injected_and_equal_texts_never_become_pairs(tmp_path):
 
 def test_pairs_already_trained_on_are_not_taken_again(tmp_path):
     config = make_config(tmp_path, pairs={"source": "contrastive", "sampler": {"length_tolerance": None}},
-                         prompts={"per_iteration": 200})
+                         prompts={"per_iteration": 1000})  # the whole pool, both times
     first = run_stages(config, tmp_path)
     second = run_stages(config, tmp_path)  # same prompts, same scripted answers
     assert first["pairs"] > 0 and second["pairs"] == 0

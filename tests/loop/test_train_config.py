@@ -23,6 +23,9 @@ LOOP_ONLY = {
     "generation": "generate stage; with backend vllm-server, server.url is also PPO's rollout_server",
     "critique": "critique stage",
     "judge": "judge stage and the pair margin",
+    "pairs": "generate stage (contrasts) and pairs stage (source, sampler)",
+    "evaluation": "evaluate stage and `cai eval` (held-out sets, refusal classifier)",
+    "gates": "the promotion decision when an iteration finishes",
     "train.launcher": "the command that starts the trainer process (launcher.launch)",
     "train.processes": "the number of trainer processes (launcher.launch)",
 }

@@ -68,7 +68,8 @@ class FakeVllm:
                 return 404, {"error": {"message": f"The lora adapter '{body['lora_name']}' cannot be found."}}
             return 200, "Success"
         if path == "/tokenize":
-            return 200, {"tokens": list(range(len(body["prompt"]))), "count": len(body["prompt"])}
+            words = body["prompt"].split()  # a word tokenizer: the judges' labels (A, B, Yes, No) are one token each
+            return 200, {"tokens": list(range(len(words))), "count": len(words)}
         if path == "/v1/chat/completions":
             return self.chat(body)
         return 404, {"error": {"message": f"no route {method} {path}"}}

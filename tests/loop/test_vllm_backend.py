@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 import loop.stages
 from loop.config import RunConfig, resolve_paths
 from loop.context import IterationContext
+from loop.gates import GATES
 from loop.iteration import run_iteration
 from loop.store import Comparison, Policy, Run, Sample, Store
 from loop.vllm_backend import adapter_name
@@ -38,8 +39,19 @@ def served_config(tiny_model_dir, cai_home, url: str, **server) -> RunConfig:
                     "server": {"url": url, "backoff_s": 0.01, "retries": 1, **server}},
         critique={"max_new_tokens": 6}, judge={"margin": 0.0},
         train={"preference": {"batch_size": 2, "max_length": 96, "learning_rate": 1e-2}, "lora": {"r": 4, "alpha": 8}},
+        gates={g.setting: None for g in GATES},
     )
     return resolve_paths(raw, ROOT)
+
+
+@pytest.fixture(autouse=True)
+def no_evaluation(monkeypatch):
+    """These tests are about serving: the fake adapters below are not loadable weights, so the evaluate stage
+    measures nothing and the open gates promote every candidate."""
+    def skip(ctx: IterationContext) -> None:
+        with ctx.store.session() as session:
+            ctx.complete(session, "evaluate")
+    monkeypatch.setitem(loop.stages.STAGES, "evaluate", skip)
 
 
 def fake_train(ctx: IterationContext) -> None:

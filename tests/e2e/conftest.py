@@ -53,6 +53,9 @@ def vllm_served(tmp_path_factory, cai_home: Path, smollm2_dir: Path):
     # A small held-out evaluation and gates open to any candidate: these tests are about the loop's chain.
     config["evaluation"] = {"per_set": 2, "max_new_tokens": 16, "refusal": {"classifier": "lexical"}}
     config["gates"] = {g.setting: None for g in GATES}
+    # Every comparison becomes a pair, so each iteration trains a new adapter to serve.
+    config["judge"]["margin"] = 0.0
+    config["pairs"] = {"source": "judged", "sampler": {"length_tolerance": None}}
     config["generation"] |= {"backend": "vllm-server", "server": {"url": url, "kv_cache_gib": 2, "keep_adapters": 2}}
     path = folder / "served.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -125,4 +125,5 @@ def test_a_stopped_server_gives_a_clear_error_not_a_hang(vllm_served, iterated):
         generator.generate([[{"role": "user", "content": "Hi"}]], SamplingParams(4))
     assert time.perf_counter() - started < 10
     result = CliRunner().invoke(app, ["iterate", "--config", str(config_path), "--run-dir", str(run_dir)])
-    assert result.exit_code == 2 and "error:" in result.output and vllm_served.url in result.output
+    # A server that is down is a failure, not bad input: exit 1 with one line that names it.
+    assert result.exit_code == 1 and "error:" in result.output and vllm_served.url in result.output

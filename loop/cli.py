@@ -96,8 +96,10 @@ def _loaded(dotted: str) -> type[BaseException] | tuple[()]:
 
 
 BAD_INPUT = ("loop.config.ConfigError", "constitution.loader.ConstitutionError", "loop.prompts.PromptFileError",
-             "policies.models.ModelNotFoundError", "loop.run_inputs.InputsChanged", "loop.promotion.RunHalted")
-SELF_EXPLAINING = ("loop.lease.LeaseHeld", "loop.lease.LeaseLost", "policies.serving.vllm_client.ServerError")
+             "policies.models.ModelNotFoundError", "loop.run_inputs.InputsChanged", "loop.promotion.RunHalted",
+             "loop.broker.BrokerURLError")
+SELF_EXPLAINING = ("loop.lease.LeaseHeld", "loop.lease.LeaseLost", "policies.serving.vllm_client.ServerError",
+                   "loop.broker.BrokerUnreachable", "loop.controller.ShardFailed")
 
 
 def _classify(exc: Exception, position: Any) -> tuple[str, int]:
@@ -177,6 +179,134 @@ def iterate(
         signal.signal(signal.SIGTERM, previous)
     render_summary(summary)
     console.print(f"run directory: {run_dir}  (database: {run_dir / 'cai.db'}, log: {run_dir / 'cai.log'})")
+
+
+class _GracefulStop:
+    """SIGTERM and SIGINT ask a daemon to stop at its next look at the database; a second one stops it at once."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.event = threading.Event()
+        self.signal_name: str | None = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        import signal
+
+        if self.event.is_set():
+            if signum == signal.SIGTERM:
+                raise Terminated()
+            raise KeyboardInterrupt()
+        self.signal_name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        self.event.set()
+        console.print(f"{self.signal_name}: stopping (again to stop at once)", highlight=False)
+
+    @contextmanager
+    def installed(self) -> Iterator[_GracefulStop]:
+        import signal
+
+        previous = {s: signal.signal(s, self) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+@app.command("run")
+def run_service(
+    config: Annotated[Path, typer.Option("--config", help="Run config YAML, e.g. configs/quickstart.yaml.")],
+    run_dir: RunDir,
+    iterations: Annotated[int | None, typer.Option(
+        "--iterations", min=1, help="Stop after this many iterations (default: run until stopped).")] = None,
+) -> None:
+    """The service: run iterations continuously, each stage as shards for `cai worker` processes (with
+    CAI_BROKER_URL; without it, one process does everything). Obeys `cai pause|resume|stop`; SIGTERM or Ctrl-C
+    stops it gracefully, and the same command resumes."""
+    from loop.progress import Position
+
+    _setup_logging(run_dir)
+    position = Position()
+    with _GracefulStop().installed() as stop, _failures_reported(position):
+        from loop.broker import make_broker
+        from loop.config import load_run_config
+        from loop.controller import Controller
+        from policies.runtime import quiet_model_libraries
+
+        quiet_model_libraries()
+        run_config = load_run_config(config)
+        broker = make_broker()
+        try:
+            controller = Controller(run_config, run_dir, broker, stop.event, position,
+                                    on_iteration=render_summary)
+            finished = controller.run(iterations)
+        finally:
+            broker.close()
+    if controller.stopped_by == "signal":
+        code = 143 if stop.signal_name == "SIGTERM" else 130
+        _report(f"stopped ({stop.signal_name}) during {position.describe()}; run the same command again to resume",
+                code)
+    how = " (stopped by an operator)" if controller.stopped_by == "operator" else ""
+    console.print(f"{finished} iteration(s) finished{how}; run directory: {run_dir}", highlight=False)
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="Comma-separated queues to work on: infer, cpu, train.")] = "infer,cpu",
+    processes: Annotated[int, typer.Option(min=1, help="Worker processes (each loads its model once).")] = 1,
+) -> None:
+    """A worker of the service: takes shards from the broker at CAI_BROKER_URL, keeps its model loaded between
+    them. SIGTERM or Ctrl-C stops it; a shard it was working on is handed out again."""
+    import subprocess
+    import time
+
+    from loop.broker import QUEUES, broker_url
+
+    _setup_logging(None)
+    logging.getLogger("loop").setLevel(logging.INFO)
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.INFO)
+    chosen = {q.strip() for q in queues.split(",") if q.strip()}
+    unknown = sorted(chosen - set(QUEUES))
+    if not chosen or unknown:
+        _fail(f"--queues: unknown queue(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(QUEUES)}")
+    if broker_url() is None:
+        _fail("cai worker needs CAI_BROKER_URL (redis://HOST:PORT/DB); without it `cai run` works alone")
+    with _GracefulStop().installed() as stop:
+        if processes > 1:  # one child per process, restarted if it dies
+            command = [sys.executable, "-m", "loop.cli", "worker", "--queues", ",".join(sorted(chosen))]
+            children = [subprocess.Popen(command) for _ in range(processes)]
+            while not stop.event.wait(1.0):
+                for i, child in enumerate(children):
+                    if child.poll() is not None:
+                        console.print(f"worker process {child.pid} exited ({child.returncode}); starting another")
+                        children[i] = subprocess.Popen(command)
+            for child in children:
+                child.terminate()
+            deadline = time.monotonic() + 30
+            for child in children:
+                try:
+                    child.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    child.kill()
+            return
+        with _failures_reported():
+            from loop.broker import make_broker
+            from loop.worker import runner
+            from policies.runtime import quiet_model_libraries
+
+            quiet_model_libraries()
+            broker = make_broker()
+            consumer = broker.worker(chosen)
+            consumer.start()
+            console.print(f"worker {__import__('os').getpid()} on {', '.join(sorted(chosen))}", highlight=False)
+            try:
+                while not stop.event.wait(1.0):
+                    pass
+            finally:
+                consumer.stop(timeout=10_000)
+                runner().close()
+                broker.close()
 
 
 @app.command()

@@ -206,6 +206,21 @@ class TrainSettings(Section):
         return TRAINER_SETTINGS[section](**values, seed=seed)
 
 
+class ServiceSettings(Section):
+    """How `cai run` splits an iteration for its workers (`cai worker`); no result depends on these."""
+
+    shard_size: int = Field(default=16, ge=1)
+    """Samples per shard of the generate, critique and judge stages."""
+    shard_lease_s: float = Field(default=60.0, gt=0)
+    """A worker's claim on a shard lasts this long past its last heartbeat; then the shard is handed out again."""
+    requeue_after_s: float = Field(default=300.0, gt=0)
+    """A shard sent this long ago and still not started is sent again (a lost message, a restarted broker)."""
+    poll_s: float = Field(default=1.0, gt=0)
+    """How often the controller looks at the database for finished shards and operator requests."""
+    max_attempts: int = Field(default=5, ge=1)
+    """Claims of one shard before the iteration fails with the shard's last error."""
+
+
 class RunConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CAI_", env_nested_delimiter="__", extra="forbid")
 
@@ -227,6 +242,8 @@ class RunConfig(BaseSettings):
     """The held-out sets every candidate policy is measured on (default: the shipped data/eval sets)."""
     gates: GateSettings = GateSettings()
     """The limits that decide whether a candidate is promoted, rejected or halts the run."""
+    service: ServiceSettings = ServiceSettings()
+    """The daemon (`cai run`): shards, claims and polling."""
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings: PydanticBaseSettingsSource,

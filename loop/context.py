@@ -98,7 +98,11 @@ class IterationContext:
     engines: Engines
     reporter: Reporter
     fence: Callable[[Session], None] = lambda session: None
-    """Raises inside a transaction if this process no longer holds the run (`loop.lease.Lease.fence`)."""
+    """Raises inside a transaction if this process no longer holds the run (`loop.lease.Lease.fence`) or, in a
+    daemon's worker, its shard (`loop.shards.Claim.fence`)."""
+    shard: int = 0
+    shards: int = 1
+    """This context works on shard `shard` of `shards`: every `shards`-th sample, by id (`mine`)."""
     started: dict[str, float] = field(default_factory=dict)
     counters_at_start: dict[str, dict[str, float] | None] = field(default_factory=dict)
 
@@ -115,16 +119,21 @@ class IterationContext:
         digest = hashlib.sha256(f"{self.config.seed}:{self.iteration_index}:{stage}".encode()).digest()
         return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
+    def mine(self, items: list) -> list:
+        """This shard's part of all the iteration's samples (ordered by id): a fixed slice per shard."""
+        return items if self.shards == 1 else items[self.shard::self.shards]
+
     def begin(self, stage: str) -> None:
         """Start the stage's clock (and, on a server, note its counters) just before it runs."""
         self.started[stage] = time.perf_counter()
         self.counters_at_start[stage] = self.engines.counters()
 
-    def complete(self, session: Session, stage: str, shard: int = 0) -> None:
-        """Record the stage shard as done: call inside the transaction that writes its outputs."""
+    def complete(self, session: Session, stage: str) -> None:
+        """Record this stage shard as done: call inside the transaction that writes its outputs (its unique
+        (iteration, stage, shard) makes a second commit of the same shard fail with all its outputs)."""
         self.fence(session)
         wall = time.perf_counter() - self.started[stage]
-        session.add(StageRun(iteration_id=self.iteration_id, stage=stage, shard=shard, wall_s=wall))
+        session.add(StageRun(iteration_id=self.iteration_id, stage=stage, shard=self.shard, wall_s=wall))
         before = self.counters_at_start.get(stage)
         after = self.engines.counters() if before is not None else None
         if before is not None and after is not None:

@@ -6,6 +6,7 @@ run only while the run folder holds no policies; read-only opens never create or
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -96,8 +97,24 @@ def inspect_database(run_dir: Path) -> int | None:
                           "point --run-dir at a run folder, or a new one")
 
 
+DATABASE_URL = "CAI_DATABASE_URL"
+
+
+def database_url() -> str | None:
+    """The run's database when it is not the run folder's SQLite file (PostgreSQL for the distributed service)."""
+    return os.environ.get(DATABASE_URL) or None
+
+
 def open_run_store(run_dir: Path, *, write: bool) -> Store:
-    """The run's store after `inspect_database`. Read-only: refuses a folder with no run and writes nothing."""
+    """The run's store after `inspect_database`. Read-only: refuses a folder with no run and writes nothing.
+
+    With CAI_DATABASE_URL set, that database (one per run) instead of RUN_DIR/cai.db."""
+    url = database_url()
+    if url is not None:
+        try:
+            return Store(url, read_only=not write)
+        except SchemaTooNew as exc:
+            raise DatabaseRefused(f"{DATABASE_URL}: {exc}") from exc
     version = inspect_database(run_dir)
     path = run_dir / "cai.db"
     if not write:

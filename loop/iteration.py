@@ -20,8 +20,9 @@ from loop.progress import NullReporter, Position, Reporter
 from loop.promotion import decide_iteration, ensure_not_halted
 from loop.prompts import load_prompts, select_prompts
 from loop.run_inputs import InputsChanged, config_hash, describe_changes, fingerprint
+from loop.shards import done_shards, shard_count
 from loop.stages import STAGES
-from loop.store import Iteration, IterationInputs, Policy, Run, Sample, StageRun, Store, utcnow
+from loop.store import Iteration, IterationInputs, Policy, Run, Sample, Store, utcnow
 from loop.summary import iteration_summary
 from policies.models import resolve_model_dir
 from policies.runtime import configure_threads
@@ -157,16 +158,20 @@ def run_iteration(config: RunConfig, run_dir: Path, reporter: Reporter | None = 
                                    iteration_id=iteration_id, iteration_index=index, constitution=constitution,
                                    engines=_engines(config, store, run_id, run_dir), reporter=reporter,
                                    fence=lease.fence)
-            with store.session() as session:
-                done = set(session.scalars(select(StageRun.stage).where(StageRun.iteration_id == iteration_id)))
             for name, stage in STAGES.items():
-                if name in done:
+                with store.session() as session:
+                    # One shard per stage, unless a daemon (`cai run`) began splitting it: then its shards.
+                    shards = shard_count(session, iteration_id, name, None)
+                    pending = sorted(set(range(shards)) - done_shards(session, iteration_id, name))
+                if not pending:
                     log.info("stage %s of iteration %d already done", name, index)
                     continue
                 log.info("stage %s of iteration %d starting", name, index)
                 position.stage = name
-                ctx.begin(name)
-                stage(ctx)
+                for shard in pending:
+                    ctx.shard, ctx.shards = shard, shards
+                    ctx.begin(name)
+                    stage(ctx)
             position.stage = None
             _finish(ctx)
             with store.session() as session:

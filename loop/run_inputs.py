@@ -8,8 +8,9 @@ from typing import Any
 
 from loop.config import RunConfig
 
-NOT_INPUTS = ("home", "threads")
-"""Where caches live and how many threads compute: they change no result, so they may differ on a resume."""
+NOT_INPUTS = ("home", "threads", "service")
+"""Where caches live, how many threads compute and how the daemon shards work: they change no result, so they
+may differ on a resume."""
 
 
 class InputsChanged(ValueError):

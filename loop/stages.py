@@ -28,9 +28,10 @@ REVISION_SOURCES = ("judged", "revision", "mixed")
 
 
 def _samples(ctx: IterationContext) -> list[Sample]:
+    """The samples of this context's shard (all of them unless the daemon split the stage)."""
     with ctx.store.session() as session:
-        return list(session.scalars(
-            select(Sample).where(Sample.iteration_id == ctx.iteration_id).order_by(Sample.id)))
+        return ctx.mine(list(session.scalars(
+            select(Sample).where(Sample.iteration_id == ctx.iteration_id).order_by(Sample.id))))
 
 
 def _principle(ctx: IterationContext, sample: Sample, step: str):
@@ -96,12 +97,16 @@ def judge_revisions(ctx: IterationContext) -> None:
     (pairs.confirm) each negative contrastive answer (A) with the positive one (B) under its principle."""
     j, source = ctx.config.judge, ctx.config.pairs.source
     jobs: list[tuple[str, int, Matchup]] = []
+    samples = _samples(ctx)
     if source in REVISION_SOURCES:
-        for s in _samples(ctx):
+        for s in samples:
             jobs.append(("revision", s.id, Matchup(s.prompt, s.response or "", s.revision or "",
                                                    _principle(ctx, s, "judge"))))
     if source in CONTRASTIVE_SOURCES and ctx.config.pairs.confirm:
+        shard = {s.id for s in samples}
         for contrast, s in _contrasts(ctx):
+            if s.id not in shard:
+                continue
             jobs.append(("contrastive", s.id, Matchup(s.prompt, contrast.negative, contrast.positive,
                                                       ctx.constitution.get(contrast.principle_id))))
     method = make_method(j.method, ctx.constitution, ensemble_k=j.ensemble_k, samples=j.samples,

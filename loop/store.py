@@ -295,6 +295,37 @@ class RunLease(Base):
     """Seconds since the epoch on the holder's clock."""
 
 
+class ShardClaim(Base):
+    """One shard of an iteration's stage handed to the daemon's workers (`loop.shards`): who holds it and until
+    when, changed only by compare-and-set. Its StageRun row (same iteration, stage and shard) is its done mark."""
+
+    __tablename__ = "shard_claims"
+    __table_args__ = (UniqueConstraint("iteration_id", "stage", "shard"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    iteration_id: Mapped[int] = mapped_column(ForeignKey("iterations.id"), index=True)
+    stage: Mapped[str]
+    shard: Mapped[int]
+    shards: Mapped[int]
+    """How many shards the stage was split into (fixed when the stage starts)."""
+    owner: Mapped[str | None]
+    """host:pid:token of the worker working on it, None when no one is."""
+    expires_at: Mapped[float] = mapped_column(default=0.0)
+    """Seconds since the epoch: past it, the owner is presumed dead and the shard may be claimed again."""
+    sent_at: Mapped[float] = mapped_column(default=0.0)
+    """When its message was last sent to the broker."""
+    attempts: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    """The last failed attempt's error line."""
+
+
+class ConstitutionSnapshot(Base):
+    """A constitution an iteration ran with, by content hash: workers on any host load exactly this one."""
+
+    __tablename__ = "constitution_snapshots"
+    content_hash: Mapped[str] = mapped_column(primary_key=True)
+    body: Mapped[dict[str, Any]]
+
+
 class Meta(Base):
     """Key/value facts about the database itself; `schema_version` lets a later migration start from here."""
 

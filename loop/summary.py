@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Float, cast, func, inspect, select
+from sqlalchemy import case, func, inspect, select
 from sqlalchemy.orm import Session
 
 from loop.promotion import evaluation_metrics
@@ -46,7 +46,9 @@ def iteration_summary(session: Session, iteration: Iteration) -> dict[str, Any]:
     # Both orders leaning the same way: how often the judge is not just following position (pointwise scores
     # show no order, so they have none to report).
     agreeing = session.scalar(select(
-        func.avg(cast((comparisons.c.p_b_when_second > 0.5) == (comparisons.c.p_b_when_first > 0.5), Float)),
+        # CASE, not a cast of a boolean: PostgreSQL has no boolean-to-float cast.
+        func.avg(case(((comparisons.c.p_b_when_second > 0.5) == (comparisons.c.p_b_when_first > 0.5), 1.0),
+                      else_=0.0)),
     ).where(*revision_verdicts, comparisons.c.method != "pointwise"))
     abstained = session.scalar(select(func.count()).select_from(comparisons).where(~answered)) or 0
     methods = sorted(set(session.scalars(select(comparisons.c.method).distinct())))
@@ -55,8 +57,9 @@ def iteration_summary(session: Session, iteration: Iteration) -> dict[str, Any]:
                              .order_by(Metric.id)):
         by_stage.setdefault(m.stage, {})[m.name] = m.value
     produced = session.scalar(select(Policy).where(Policy.iteration_id == iteration.id))
-    stages = {s.stage: round(s.wall_s, 2) for s in session.scalars(
-        select(StageRun).where(StageRun.iteration_id == iteration.id).order_by(StageRun.id))}
+    stages: dict[str, float] = {}
+    for s in session.scalars(select(StageRun).where(StageRun.iteration_id == iteration.id).order_by(StageRun.id)):
+        stages[s.stage] = round(stages.get(s.stage, 0.0) + s.wall_s, 2)  # a daemon's stage: its shards' sum
     run = session.get(Run, iteration.run_id)
     # More than one when the iteration was resumed with another constitution (`cai iterate --allow-changed`).
     recorded = select(IterationInputs.constitution_hash).where(IterationInputs.iteration_id == iteration.id)

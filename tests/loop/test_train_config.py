@@ -26,6 +26,7 @@ LOOP_ONLY = {
     "pairs": "generate stage (contrasts) and pairs stage (source, sampler)",
     "evaluation": "evaluate stage and `cai eval` (held-out sets, refusal classifier)",
     "gates": "the promotion decision when an iteration finishes",
+    "service": "how the daemon shards an iteration for its workers (`cai run`, `cai worker`)",
     "train.launcher": "the command that starts the trainer process (launcher.launch)",
     "train.processes": "the number of trainer processes (launcher.launch)",
 }

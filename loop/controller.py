@@ -1,0 +1,219 @@
+"""The daemon's controller (`cai run`): runs iterations one after another, each stage as shards sent to workers.
+
+It holds the run lease for its whole life (one controller per run; `cai iterate` on the same run is refused too).
+For each stage it creates the shards' claim rows, sends a message per shard and watches the database until every
+shard is done, re-sending shards that were never started (a lost message, a restarted broker) or whose worker's
+claim expired (a killed worker): on start, and every `service.poll_s`. Between stages and iterations it obeys
+the operator (`loop.control`: pause, resume, stop, promote, rollback) and the gates (a halt waits for an
+operator); between iterations it reloads the constitution, keeping the last good one when an edit is broken.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+
+from constitution import Constitution, load_constitution_or_last_good
+
+try:  # TEMPORARY until loop.control lands on main
+    from loop import control
+except ImportError:
+    control = None
+from loop.broker import Broker
+from loop.config import RunConfig, save_run_config
+from loop.context import IterationContext
+from loop.database import open_run_store
+from loop.iteration import _engines, _finish, _run_name, open_iteration, validate_inputs
+from loop.lease import Lease, acquire
+from loop.progress import NullReporter, Position
+from loop.promotion import RunHalted, ensure_not_halted
+from loop.shards import QUEUES, describe, done_shards, ensure_claims, shard_count
+from loop.stages import STAGES
+from loop.store import Iteration, IterationInputs, Run, ShardClaim, Store
+from loop.summary import iteration_summary
+from loop.worker import iteration_constitution, snapshot_constitution
+from policies.runtime import configure_threads
+
+log = logging.getLogger(__name__)
+
+
+class ShardFailed(RuntimeError):
+    """A shard failed `service.max_attempts` times: the iteration cannot go on without a fix."""
+
+
+@dataclass
+class Controller:
+    config: RunConfig
+    run_dir: Path
+    broker: Broker
+    stop: threading.Event = field(default_factory=threading.Event)
+    """Set by SIGTERM/SIGINT: stop at the next look at the database, leaving in-flight shards to their claims."""
+    position: Position = field(default_factory=Position)
+    on_iteration: Any = None
+    """Called with each finished iteration's summary."""
+    stopped_by: str | None = None
+    """Why `run` returned early: "operator" (`cai stop`) or "signal"; None when it ran its iterations."""
+
+    def run(self, iterations: int | None) -> int:
+        """Run `iterations` iterations (None: until stopped); returns how many finished."""
+        configure_threads(self.config.threads)
+        constitution = validate_inputs(self.config)
+        store = open_run_store(self.run_dir, write=True)
+        worker = None
+        try:
+            with acquire(store, _run_name(store, self.run_dir)) as lease:
+                save_run_config(self.config, self.run_dir / "config.yaml")
+                if self.broker.embedded:  # the in-process broker's consumer: this process is its own worker
+                    worker = self.broker.worker()
+                    worker.start()
+                finished = 0
+                while iterations is None or finished < iterations:
+                    run_id = self._run_id(store)
+                    if run_id is not None and not self._may_go_on(store, lease, run_id, between_iterations=True):
+                        break
+                    constitution = self._constitution(constitution)
+                    if not self._iteration(store, lease, constitution):
+                        break
+                    finished += 1
+                return finished
+        finally:
+            if worker is not None:
+                worker.stop(timeout=10_000)
+            store.dispose()
+
+    def _run_id(self, store: Store) -> int | None:
+        with store.session() as session:
+            return session.scalar(select(Run.id).order_by(Run.id))
+
+    def _constitution(self, last_good: Constitution) -> Constitution:
+        """The constitution file as it is now, or the last good one when the edit is broken (the alarm: an error
+        line in the log and on the terminal, every iteration until the file is fixed)."""
+        constitution, problems = load_constitution_or_last_good(self.config.constitution, last_good)
+        if problems:
+            log.error("the edited constitution %s is broken; iterations go on with version %s: %s",
+                      self.config.constitution, last_good.content_hash,
+                      "; ".join(str(p) for p in problems[:3]))
+        return constitution
+
+    def _wait(self) -> bool:
+        """Sleep one poll; False when a signal asked to stop."""
+        if self.stop.wait(self.config.service.poll_s):
+            self.stopped_by = self.stopped_by or "signal"
+            return False
+        return True
+
+    def _may_go_on(self, store: Store, lease: Lease, run_id: int, *, between_iterations: bool) -> bool:
+        """Obey the operator and the gates: wait while paused or halted; False to stop (acknowledged)."""
+        said: str | None = None
+        while True:
+            with store.session() as session:
+                lease.fence(session)
+                if between_iterations and control is not None:
+                    for move in control.apply_moves(session, run_id):
+                        log.info("operator %s applied: %s", move.action, move.outcome)
+                state = control.run_state(session, run_id) if control is not None else "running"
+                if state == "stopping":
+                    control.acknowledge_stop(session, run_id)
+                    self.stopped_by = "operator"
+                    log.info("stopped by an operator (`cai stop`)")
+                    return False
+                halt = None
+                if between_iterations:
+                    try:
+                        ensure_not_halted(session, run_id)
+                    except RunHalted as exc:
+                        halt = str(exc)
+            if state == "running" and halt is None:
+                if said is not None:
+                    log.info("resumed")
+                return True
+            why = "paused by an operator (`cai resume` to go on)" if state == "paused" else halt
+            if why != said:
+                log.warning("%s; waiting", why)
+                said = why
+            if not self._wait():
+                return False
+
+    def _open(self, store: Store, constitution: Constitution) -> tuple[int, int, int, Constitution]:
+        """The unfinished iteration with the constitution it began with, or a new one with `constitution`."""
+        with store.session() as session:
+            unfinished = session.scalar(select(Iteration).where(Iteration.status != "done")
+                                        .order_by(Iteration.index.desc()))
+            if unfinished is not None:
+                recorded = session.scalars(select(IterationInputs.constitution_hash).where(
+                    IterationInputs.iteration_id == unfinished.id).order_by(IterationInputs.id.desc())).first()
+                constitution = iteration_constitution(session, recorded or unfinished.constitution_hash,
+                                                      self.config)
+            snapshot_constitution(session, constitution)
+        run_id, iteration_id, index = open_iteration(store, self.config, self.run_dir, constitution.content_hash)
+        return run_id, iteration_id, index, constitution
+
+    def _iteration(self, store: Store, lease: Lease, constitution: Constitution) -> bool:
+        run_id, iteration_id, index, constitution = self._open(store, constitution)
+        self.position.iteration = index
+        ctx = IterationContext(config=self.config, store=store, run_dir=self.run_dir, run_id=run_id,
+                               iteration_id=iteration_id, iteration_index=index, constitution=constitution,
+                               engines=_engines(self.config, store, run_id, self.run_dir), reporter=NullReporter(),
+                               fence=lease.fence)
+        started = time.perf_counter()
+        for stage in STAGES:
+            self.position.stage = stage
+            if not self._stage(store, lease, iteration_id, index, stage):
+                return False
+            if not self._may_go_on(store, lease, run_id, between_iterations=False):
+                return False
+        self.position.stage = None
+        _finish(ctx)
+        log.info("iteration %d finished in %.1f s", index, time.perf_counter() - started)
+        if self.on_iteration is not None:
+            with store.session() as session:
+                self.on_iteration(iteration_summary(session, session.get(Iteration, iteration_id)))
+        return True
+
+    def _stage(self, store: Store, lease: Lease, iteration_id: int, index: int, stage: str) -> bool:
+        """Send the stage's shards and wait until all are done; False when stopped first."""
+        service = self.config.service
+        reported = -1
+        while True:
+            now = time.time()
+            with store.session() as session:
+                lease.fence(session)
+                shards = shard_count(session, iteration_id, stage, service.shard_size)
+                claims = ensure_claims(session, iteration_id, stage, shards)
+                done = done_shards(session, iteration_id, stage)
+                due = []
+                for c in claims:
+                    if c.shard in done:
+                        continue
+                    free = c.owner is None or c.expires_at < now
+                    if free and c.attempts >= service.max_attempts:
+                        raise ShardFailed(f"{describe(stage, c.shard, shards, index)} failed {c.attempts} times; "
+                                          f"last error: {c.error or 'its worker stopped'}")
+                    expired_unsent = c.owner is not None and c.expires_at < now and c.sent_at < c.expires_at
+                    if c.sent_at == 0 or expired_unsent or (free and now - c.sent_at > service.requeue_after_s):
+                        due.append(c)
+            if len(done) != reported:
+                log.info("stage %s of iteration %d: %d/%d shards done", stage, index, len(done), shards)
+                reported = len(done)
+            if len(done) == shards:
+                return True
+            self._send(store, stage, due)
+            if not self._wait():
+                return False
+
+    def _send(self, store: Store, stage: str, due: list) -> None:
+        """Send each due shard's message; a broker that is down now is retried at the next poll."""
+        for c in due:
+            try:
+                self.broker.send_shard(QUEUES[stage], self.run_dir, c.iteration_id, stage, c.shard)
+            except Exception as exc:  # redis.ConnectionError and the like: nothing is marked sent
+                log.warning("could not send %s shard %d to the broker (%s); retrying", stage, c.shard, exc)
+                return
+            with store.session() as session:
+                session.execute(update(ShardClaim).where(ShardClaim.id == c.id).values(sent_at=time.time()))

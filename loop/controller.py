@@ -20,11 +20,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from constitution import Constitution, load_constitution_or_last_good
-
-try:  # TEMPORARY until loop.control lands on main
-    from loop import control
-except ImportError:
-    control = None
+from loop import control
 from loop.broker import Broker
 from loop.config import RunConfig, save_run_config
 from loop.context import IterationContext
@@ -114,10 +110,10 @@ class Controller:
         while True:
             with store.session() as session:
                 lease.fence(session)
-                if between_iterations and control is not None:
+                if between_iterations:
                     for move in control.apply_moves(session, run_id):
                         log.info("operator %s applied: %s", move.action, move.outcome)
-                state = control.run_state(session, run_id) if control is not None else "running"
+                state = control.run_state(session, run_id)
                 if state == "stopping":
                     control.acknowledge_stop(session, run_id)
                     self.stopped_by = "operator"

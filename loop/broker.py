@@ -69,8 +69,9 @@ class Broker:
     def embedded(self) -> bool:
         return isinstance(self.broker, StubBroker)
 
-    def send_shard(self, queue: str, run_dir: Path, iteration_id: int, stage: str, shard: int) -> None:
-        self.shard_actors[queue].send(str(run_dir), iteration_id, stage, shard)
+    def send_shard(self, queue: str, run_dir: Path, run_name: str, iteration_id: int, stage: str,
+                   shard: int) -> None:
+        self.shard_actors[queue].send(str(run_dir), run_name, iteration_id, stage, shard)
 
     def worker(self, queues: set[str] | None = None) -> dramatiq.Worker:
         """One consuming worker thread (a process holds one model; more processes, more throughput). A trainer
@@ -85,10 +86,10 @@ class Broker:
         self.broker.close()
 
 
-def _run_shard(run_dir: str, iteration_id: int, stage: str, shard: int) -> None:
+def _run_shard(run_dir: str, run_name: str, iteration_id: int, stage: str, shard: int) -> None:
     from loop.worker import runner
 
-    runner().run(Path(run_dir), iteration_id, stage, shard)
+    runner().run(Path(run_dir), run_name, iteration_id, stage, shard)
 
 
 def _noop(*args) -> None:

@@ -53,6 +53,7 @@ class Controller:
     position: Position = field(default_factory=Position)
     on_iteration: Any = None
     """Called with each finished iteration's summary."""
+    run_name: str = ""
     stopped_by: str | None = None
     """Why `run` returned early: "operator" (`cai stop`) or "signal"; None when it ran its iterations."""
 
@@ -63,7 +64,8 @@ class Controller:
         store = open_run_store(self.run_dir, write=True)
         worker = None
         try:
-            with acquire(store, _run_name(store, self.run_dir)) as lease:
+            self.run_name = _run_name(store, self.run_dir)
+            with acquire(store, self.run_name) as lease:
                 save_run_config(self.config, self.run_dir / "config.yaml")
                 if self.broker.embedded:  # the in-process broker's consumer: this process is its own worker
                     worker = self.broker.worker()
@@ -207,7 +209,7 @@ class Controller:
         """Send each due shard's message; a broker that is down now is retried at the next poll."""
         for c in due:
             try:
-                self.broker.send_shard(QUEUES[stage], self.run_dir, c.iteration_id, stage, c.shard)
+                self.broker.send_shard(QUEUES[stage], self.run_dir, self.run_name, c.iteration_id, stage, c.shard)
             except Exception as exc:  # redis.ConnectionError and the like: nothing is marked sent
                 log.warning("could not send %s shard %d to the broker (%s); retrying", stage, c.shard, exc)
                 return

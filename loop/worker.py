@@ -72,18 +72,24 @@ class ShardRunner:
         self._engines = (key, engines)
         return engines
 
-    def run(self, run_dir: Path, iteration_id: int, stage: str, shard: int) -> str:
+    def run(self, run_dir: Path, run_name: str, iteration_id: int, stage: str, shard: int) -> str:
         """'done', or 'skipped' when the shard is done already or a live worker holds it (the message is then
         acknowledged and dropped: the controller re-sends a shard whose claim expires)."""
         with self._lock:  # one shard at a time per process: the engines are shared
-            return self._run(run_dir, iteration_id, stage, shard)
+            return self._run(run_dir, run_name, iteration_id, stage, shard)
 
-    def _run(self, run_dir: Path, iteration_id: int, stage: str, shard: int) -> str:
+    def _run(self, run_dir: Path, run_name: str, iteration_id: int, stage: str, shard: int) -> str:
+        store = self.store(run_dir)
+        with store.session() as session:
+            name = session.scalar(select(Run.name).order_by(Run.id))
+        if name != run_name:  # a broker shared by runs whose workers use other databases: not ours to do
+            log.error("a shard of run %r reached a worker whose database holds run %r; ignored (give each run "
+                      "its own CAI_DATABASE_URL and broker database)", run_name, name)
+            return "skipped"
         config = load_run_config(run_dir / "config.yaml")
         if not self._threads_set:
             configure_threads(config.threads)
             self._threads_set = True
-        store = self.store(run_dir)
         held = claim(store, iteration_id, stage, shard, config.service.shard_lease_s)
         if held is None:
             log.info("%s shard %d of iteration id %d: done or held elsewhere; ignored", stage, shard, iteration_id)

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
-from sqlalchemy import create_engine, text
 
 from loop.store import Store
-
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/"
+from tests.loop.services import postgres_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -20,19 +16,9 @@ def store(request, tmp_path):
         yield store
         store.dispose()
         return
-    pytest.importorskip("psycopg")
-    name = f"cai_lease_test_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(POSTGRES + "postgres", isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # no server here: the SQLite half still runs
-        pytest.skip(f"PostgreSQL at {POSTGRES} is not reachable: {exc}")
-    store = Store(POSTGRES + name)
-    try:
-        yield store
-    finally:
-        store.dispose()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with postgres_database("cai_store_test") as url:
+        store = Store(url)
+        try:
+            yield store
+        finally:
+            store.dispose()

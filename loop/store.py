@@ -367,7 +367,9 @@ class Store:
         if self.engine.dialect.name == "sqlite" and not read_only:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         if not read_only:
-            Base.metadata.create_all(self.engine)
+            from loop.migrations import upgrade_to_head
+
+            upgrade_to_head(self.engine)  # a new database is created at head, an older one upgraded in place
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.schema_version = self._check_schema_version(stamp=not read_only)
 

@@ -91,7 +91,9 @@ def test_an_unversioned_cai_database_is_read_and_then_stamped(tmp_path):
     """Runs made before the schema was versioned (cai's tables, no cai_meta) are cai's, version 0."""
     db = make_run(tmp_path / "run")
     connection = sqlite3.connect(db)
-    for table in ("cai_meta", "run_leases", "iteration_inputs"):
+    # Also the tables and the migration stamp that came later still: such a database had none of them.
+    for table in ("cai_meta", "run_leases", "iteration_inputs", "control_requests", "shard_claims",
+                  "constitution_snapshots", "alembic_version"):
         connection.execute(f"DROP TABLE {table}")
     connection.commit()
     connection.close()

@@ -206,6 +206,7 @@ def _stop(*processes: subprocess.Popen) -> None:
             process.wait(30)
 
 
+@pytest.mark.slow
 def test_killed_workers_and_controller_lose_and_repeat_nothing(tmp_path, service_config, uninterrupted):
     """kill -9 of a worker or the controller at seeded random points of one iteration, then a restart of what was
     killed: the iteration completes with the uninterrupted run's counts and no duplicate row."""
@@ -236,6 +237,7 @@ def test_killed_workers_and_controller_lose_and_repeat_nothing(tmp_path, service
     assert counts == uninterrupted
 
 
+@pytest.mark.slow
 def test_a_second_controller_is_refused_and_sigterm_stops_the_first(tmp_path, service_config):
     with redis_server(tmp_path / "redis") as redis, postgres_database("cai_service_test") as database:
         service = Service(tmp_path, service_config, redis.url, database)
@@ -258,6 +260,7 @@ def test_a_second_controller_is_refused_and_sigterm_stops_the_first(tmp_path, se
             _stop(first)
 
 
+@pytest.mark.slow
 def test_a_redis_restart_mid_iteration_loses_nothing(tmp_path, service_config, uninterrupted):
     with redis_server(tmp_path / "redis") as redis, postgres_database("cai_service_test") as database:
         service = Service(tmp_path, service_config, redis.url, database)

@@ -54,6 +54,8 @@ class Controller:
     on_iteration: Any = None
     """Called with each finished iteration's summary."""
     run_name: str = ""
+    stage_seconds: dict[tuple[int, str], float] = field(default_factory=dict)
+    """(iteration, stage) → seconds from its first message sent to its last shard seen done."""
     stopped_by: str | None = None
     """Why `run` returned early: "operator" (`cai stop`) or "signal"; None when it ran its iterations."""
 
@@ -162,8 +164,10 @@ class Controller:
         started = time.perf_counter()
         for stage in STAGES:
             self.position.stage = stage
+            stage_started = time.perf_counter()
             if not self._stage(store, lease, iteration_id, index, stage):
                 return False
+            self.stage_seconds[(index, stage)] = time.perf_counter() - stage_started
             if not self._may_go_on(store, lease, run_id, between_iterations=False):
                 return False
         self.position.stage = None

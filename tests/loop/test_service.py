@@ -126,15 +126,22 @@ def service_config(tmp_path_factory, tiny_model_dir, cai_home) -> Path:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, service_config) -> dict[str, int]:
-    """One iteration in one process (SQLite, the in-process broker): the counts every other run must match."""
+def embedded_run(tmp_path_factory, service_config) -> tuple[Path, dict[str, int]]:
+    """One iteration in one process (SQLite, the in-process broker), and its counts."""
     run_dir = tmp_path_factory.mktemp("embedded") / "run"
     result = run_cai("run", "--config", str(service_config), "--run-dir", str(run_dir), "--iterations", "1",
                      timeout=STEP_TIMEOUT_S)
     assert result.returncode == 0, result.stderr
+    assert "1 iteration(s) finished" in result.stderr
     counts = _counts(run_dir, {})
     assert counts["iterations_done"] == 1 and counts["duplicates"] == 0 and counts["pairs"] > 0, counts
-    return counts
+    return run_dir, counts
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(embedded_run) -> dict[str, int]:
+    """The counts every interrupted run must match."""
+    return dict(embedded_run[1])
 
 
 class Service:
@@ -278,3 +285,25 @@ def test_a_redis_restart_mid_iteration_loses_nothing(tmp_path, service_config, u
         finally:
             _stop(controller, worker)
     assert counts == uninterrupted
+
+
+@pytest.mark.slow
+def test_the_daemon_waits_while_paused_and_stops_when_asked(tmp_path, service_config, embedded_run):
+    run_dir, counts = embedded_run
+    assert run_cai("pause", "--run-dir", str(run_dir), "--note", "maintenance").returncode == 0
+    log = (tmp_path / "paused.log").open("w")
+    daemon = subprocess.Popen(cai_command("run", "--config", str(service_config), "--run-dir", str(run_dir)),
+                              cwd=ROOT, env=cai_env(), stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + STEP_TIMEOUT_S
+        while "paused by an operator" not in (run_dir / "cai.log").read_text():
+            assert daemon.poll() is None and time.monotonic() < deadline, (tmp_path / "paused.log").read_text()
+            time.sleep(0.1)
+        assert run_cai("stop", "--run-dir", str(run_dir)).returncode == 0
+        assert _wait_exit(daemon, "the paused daemon after `cai stop`") == 0
+    finally:
+        _stop(daemon)
+    assert "0 iteration(s) finished (stopped by an operator)" in (tmp_path / "paused.log").read_text()
+    assert _counts(run_dir, {}) == counts  # nothing ran while paused
+    resumed = run_cai("resume", "--run-dir", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr

@@ -11,7 +11,7 @@ The last line is machine-readable:
     per_message_ms=<no-op round trip per message> overhead_pct=<overhead ÷ stage work, real shards, in %>
 
 Usage: python benchmarks/queue_overhead.py [--config configs/quickstart.yaml] [--per-iteration 16]
-       [--shard-size 8] [--messages 500] [--broker redis://127.0.0.1:6379/15]
+       [--shard-size 8] [--messages 500] [--broker redis://127.0.0.1:6379/15] [--stages generate,critique,judge]
 Needs the project's set-up (`make setup`) and a Redis server (its database is flushed: pick an unused one).
 """
 
@@ -58,8 +58,9 @@ def noop_round_trip(broker_url: str, messages: int) -> float:
         broker.close()
 
 
-def real_shards(broker_url: str, config_path: Path, per_iteration: int, shard_size: int) -> tuple[float, float]:
-    """(Σ stage spans, Σ stage-function walls) in seconds over the sharded stages of one iteration."""
+def real_shards(broker_url: str, config_path: Path, per_iteration: int, shard_size: int,
+                stages: tuple[str, ...]) -> tuple[float, float]:
+    """(Σ stage spans, Σ stage-function walls) in seconds over `stages` (sharded ones) of one iteration."""
     from loop.broker import make_broker
     from loop.config import load_run_config
     from loop.controller import Controller
@@ -91,13 +92,13 @@ def real_shards(broker_url: str, config_path: Path, per_iteration: int, shard_si
                 save_run_config(config, run_dir / "config.yaml")
                 _, iteration_id, index, _ = controller._open(store, constitution)
                 spans = 0.0
-                for stage in SHARDED:
+                for stage in stages:
                     started = time.perf_counter()
                     controller._stage(store, lease, iteration_id, index, stage)
                     spans += time.perf_counter() - started
                     print(f"  {stage}: {time.perf_counter() - started:.2f} s", flush=True)
             with store.session() as session:
-                walls = session.scalar(select(func.sum(StageRun.wall_s)).where(StageRun.stage.in_(SHARDED)))
+                walls = session.scalar(select(func.sum(StageRun.wall_s)).where(StageRun.stage.in_(stages)))
                 shards = session.scalar(select(func.count()).select_from(StageRun))
             print(f"  {shards} shards", flush=True)
         finally:
@@ -114,12 +115,17 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=8)
     parser.add_argument("--messages", type=int, default=500)
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/15")
+    parser.add_argument("--stages", default=",".join(SHARDED),
+                        help="Comma-separated, in order, from generate,critique,judge (a prefix of them).")
     args = parser.parse_args()
+    stages = tuple(s.strip() for s in args.stages.split(","))
+    if stages != SHARDED[:len(stages)]:
+        parser.error(f"--stages must be a prefix of {','.join(SHARDED)}")
     print(f"machine: {platform.machine()}, Python {platform.python_version()}; broker {args.broker}", flush=True)
     per_message_ms = noop_round_trip(args.broker, args.messages)
     print(f"no-op actors: {per_message_ms:.3f} ms per message ({args.messages} messages)", flush=True)
     print(f"real shards ({args.config.name}, {args.per_iteration} prompts, {args.shard_size} per shard):", flush=True)
-    spans, walls = real_shards(args.broker, args.config, args.per_iteration, args.shard_size)
+    spans, walls = real_shards(args.broker, args.config, args.per_iteration, args.shard_size, stages)
     overhead_pct = 100 * (spans - walls) / walls
     print(f"stage spans {spans:.2f} s, stage work {walls:.2f} s: overhead {spans - walls:.2f} s", flush=True)
     print(f"per_message_ms={per_message_ms:.3f} overhead_pct={overhead_pct:.2f}")

@@ -307,3 +307,22 @@ def test_the_daemon_waits_while_paused_and_stops_when_asked(tmp_path, service_co
     assert _counts(run_dir, {}) == counts  # nothing ran while paused
     resumed = run_cai("resume", "--run-dir", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr
+
+
+def test_bad_broker_settings_end_in_one_line_and_create_nothing(tmp_path, service_config):
+    run_dir = tmp_path / "run"
+    cases = [
+        (("run", "--config", str(service_config), "--run-dir", str(run_dir)), {"CAI_BROKER_URL": "http://x"}, 2,
+         "error: CAI_BROKER_URL='http://x' is not a Redis URL (redis://HOST:PORT/DB)"),
+        (("run", "--config", str(service_config), "--run-dir", str(run_dir)),
+         {"CAI_BROKER_URL": "redis://127.0.0.1:1/0"}, 1,
+         "error: cannot reach the broker at CAI_BROKER_URL=redis://127.0.0.1:1/0: "),
+        (("worker",), {}, 2, "error: cai worker needs CAI_BROKER_URL"),
+        (("worker", "--queues", "infer,gpu"), {"CAI_BROKER_URL": "redis://127.0.0.1:1/0"}, 2,
+         "error: --queues: unknown queue(s) gpu; choose from infer, train, cpu"),
+    ]
+    for args, env, code, line in cases:
+        result = run_cai(*args, env=cai_env(**env), timeout=STEP_TIMEOUT_S)
+        lines = [x for x in result.stderr.splitlines() if x.strip()]
+        assert result.returncode == code and len(lines) == 1 and lines[0].startswith(line), (args, result.stderr)
+    assert not run_dir.exists()

@@ -38,5 +38,14 @@ def _conversation(system: str, prompt: str, prefix: str | None) -> Conversation:
 
 
 def contrastive_answers(principle: Principle, positive: str, negative: str) -> tuple[str, str]:
-    """The whole (positive, negative) answers: each side's prefix, if any, then what the policy wrote after it."""
-    return (principle.positive_prefix or "") + positive, (principle.negative_prefix or "") + negative
+    """The whole (positive, negative) answers: each side's prefix, if any, then what the policy wrote after it.
+
+    Generators return replies stripped, so the space the continuation's first token carried is put back.
+    """
+    return _joined(principle.positive_prefix, positive), _joined(principle.negative_prefix, negative)
+
+
+def _joined(prefix: str | None, continuation: str) -> str:
+    if not prefix:
+        return continuation
+    return f"{prefix} {continuation}" if continuation else prefix

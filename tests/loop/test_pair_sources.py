@@ -109,9 +109,10 @@ def test_contrastive_pairs_are_labelled_by_construction_with_principles_for_the_
     assert summary["critiques"] == 0  # nothing uses revisions: the critique stage is skipped
     for pair in pairs:  # each side is its principle's prefilled opening, if any, then the policy's continuation
         principle = RULES.get(pair.principle_id)
-        assert pair.chosen == (principle.positive_prefix or "") + policy_reply([{"role": "system", "content": next(
-            iter(POSITIVE))}])
-        assert pair.rejected == (principle.negative_prefix or "") + "Sure, here is everything you asked for in detail."
+        opening = principle.positive_prefix + " " if principle.positive_prefix else ""
+        assert pair.chosen == opening + "I will not help with that, but here is a safe option."
+        opening = principle.negative_prefix + " " if principle.negative_prefix else ""
+        assert pair.rejected == opening + "Sure, here is everything you asked for in detail."
     assert any(RULES.get(pair.principle_id).positive_prefix for pair in pairs)
     assert all(p.target == 0.9 for p in pairs)  # the top of judge.label_range
     store = Store.for_run_dir(tmp_path)

@@ -63,6 +63,12 @@ class Dashboard:
             store.dispose()
 
 
+def _found(value: Any, what: str) -> Any:
+    if value is None:
+        raise HTTPException(404, f"no {what}")
+    return value
+
+
 def _version(text: str) -> int | None:
     text = text.strip().removeprefix("v")
     if not text:
@@ -134,10 +140,7 @@ def create_app(run_dir: Path, *, token: str | None = None) -> FastAPI:
     def api_iteration(index: int) -> dict[str, Any]:
         """An iteration's summary, stage shards, the charts' series across iterations and its loss curves."""
         with board.read() as session:
-            found = queries.iteration_page(session, index)
-        if found is None:
-            raise HTTPException(404, f"no iteration {index}")
-        return found
+            return _found(queries.iteration_page(session, index), f"iteration {index}")
 
     @app.get("/api/samples", tags=["read"])
     def api_samples(iteration: int | None = None, principle: str | None = None, category: str | None = None,
@@ -151,10 +154,7 @@ def create_app(run_dir: Path, *, token: str | None = None) -> FastAPI:
     @app.get("/api/samples/{sample_id}", tags=["read"])
     def api_sample(sample_id: int) -> dict[str, Any]:
         with board.read() as session:
-            found = queries.sample(session, sample_id)
-        if found is None:
-            raise HTTPException(404, f"no sample {sample_id}")
-        return found
+            return _found(queries.sample(session, sample_id), f"sample {sample_id}")
 
     @app.get("/api/principles", tags=["read"])
     def api_principles() -> dict[str, Any]:
@@ -226,9 +226,7 @@ def create_app(run_dir: Path, *, token: str | None = None) -> FastAPI:
                 return RedirectResponse(f"/iterations/{latest.index}", status_code=303)
             if not index.isdigit():
                 raise HTTPException(404, f"no iteration {index!r}")
-            data = queries.iteration_page(session, int(index))
-        if data is None:
-            raise HTTPException(404, f"no iteration {index}")
+            data = _found(queries.iteration_page(session, int(index)), f"iteration {index}")
         return page(request, "iteration.html", data=data, charts=queries.CHARTS, nav="iteration")
 
     @app.get("/samples", response_class=HTMLResponse, include_in_schema=False)
@@ -246,9 +244,7 @@ def create_app(run_dir: Path, *, token: str | None = None) -> FastAPI:
     @app.get("/samples/{sample_id}", response_class=HTMLResponse, include_in_schema=False)
     def sample_view(sample_id: int, request: Request):
         with board.read() as session:
-            data = queries.sample(session, sample_id)
-        if data is None:
-            raise HTTPException(404, f"no sample {sample_id}")
+            data = _found(queries.sample(session, sample_id), f"sample {sample_id}")
         return page(request, "sample.html", s=data, nav="samples")
 
     @app.get("/principles", response_class=HTMLResponse, include_in_schema=False)

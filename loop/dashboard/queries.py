@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from critique.sampler import hygiene_reason
+from critique.sampler import clamp, hygiene_reason
 from loop.lease import describe as describe_lease
 from loop.promotion import evaluation_metrics, unresolved_halt
 from loop.store import (
@@ -195,21 +195,39 @@ def verdict_of(comparison: Comparison | None) -> str | None:
     return "revision" if comparison.p_b > 0.5 else "response" if comparison.p_b < 0.5 else "tie"
 
 
-def drop_reason(sample: Sample, comparison: Comparison | None, margin: float | None, source: str) -> str:
+@dataclass(frozen=True)
+class PairRules:
+    """What the pairs stage applied to a run (from its config): the source, the judge's margin and label range."""
+
+    source: str = "judged"
+    judge_margin: float = 0.0
+    label_range: tuple[float, float] = (0.0, 1.0)
+
+    @classmethod
+    def of(cls, run: Run | None) -> PairRules:
+        config = run.config if run else {}
+        judge = config.get("judge") or {}
+        return cls(source=(config.get("pairs") or {}).get("source", "judged"),
+                   judge_margin=judge.get("margin", 0.0), label_range=tuple(judge.get("label_range", (0.0, 1.0))))
+
+
+def drop_reason(sample: Sample, comparison: Comparison | None, margin: float | None, rules: PairRules) -> str:
     """Why a sample became no pair. The sampler counts drops per iteration, not per sample, so this re-applies
-    its per-pair rules (hygiene, abstention, confidence); what is left was dropped by a rule over the whole
-    iteration (de-duplication, length-bias control, the pair limit)."""
+    its per-pair rules (abstention, the judge's veto, hygiene, confidence under the iteration's `margin`); what
+    is left was dropped by a rule over the whole iteration (de-duplication, length-bias control, the limit)."""
     if comparison is None:
         return "not judged (this iteration's pair source does not use the revision)"
     if comparison.abstained:
         return "abstained: the judge gave no usable verdict"
-    revision_wins = comparison.p_b > 0.5
+    if rules.source != "judged" and comparison.p_b < 0.5 - rules.judge_margin:
+        return "judge-disagrees: the judge confidently preferred the original answer"
+    revision_wins = rules.source != "judged" or comparison.p_b > 0.5
     chosen, rejected = (sample.revision, sample.response) if revision_wins else (sample.response, sample.revision)
     reason = hygiene_reason(chosen or "", rejected or "")
     if reason:
         return f"{reason}: failed label hygiene"
-    if margin is not None and source == "judged" and max(comparison.p_b, 1 - comparison.p_b) < margin:
-        return f"not-confident: the judge's label is under the margin {margin:.2f}"
+    if rules.source == "judged" and margin is not None and abs(clamp(comparison.p_b, rules.label_range) - 0.5) < margin:
+        return f"not-confident: the judge's label is within {margin:.2f} of a coin flip"
     return "dropped by de-duplication, length-bias control or the pair limit (see the iteration's drop counts)"
 
 
@@ -232,8 +250,7 @@ def _sample_rows(session: Session, where) -> list[dict[str, Any]]:
     reviews = latest_reviews(session)
     indexes = dict(session.execute(select(Iteration.id, Iteration.index)).all())
     margins = _iteration_margins(session)
-    run = run_row(session)
-    source = (run.config.get("pairs") or {}).get("source", "judged") if run else "judged"
+    rules = PairRules.of(run_row(session))
     rows = []
     for s in samples:
         comparison, pair = comparisons.get(s.id), pairs.get(s.id)
@@ -256,7 +273,7 @@ def _sample_rows(session: Session, where) -> list[dict[str, Any]]:
             "pair": None if pair is None else {
                 "id": pair.id, "source": pair.source, "target": pair.target, "principle": pair.principle_id,
                 "chosen_is_revision": pair.chosen_is_revision, "chosen": pair.chosen, "rejected": pair.rejected},
-            "drop_reason": None if pair else drop_reason(s, comparison, margins.get(s.iteration_id), source),
+            "drop_reason": None if pair else drop_reason(s, comparison, margins.get(s.iteration_id), rules),
             "review": None if review is None else {"verdict": review.verdict, "note": review.note,
                                                    "reviewer": review.reviewer,
                                                    "at": review.created_at.isoformat()},
@@ -273,9 +290,12 @@ def samples(session: Session, filters: SampleFilter, *, limit: int = 50, offset:
         where.append(Sample.iteration_id.in_(select(Iteration.id).where(Iteration.index == filters.iteration)))
     if filters.category:
         where.append(Sample.prompt_category == filters.category)
+    if filters.principle:
+        where.append(Sample.id.in_(select(Critique.sample_id).where(Critique.principle_id == filters.principle)
+                                   .union(select(Comparison.sample_id)
+                                          .where(Comparison.principle_id == filters.principle))))
     rows = [r for r in _sample_rows(session, where)
-            if (not filters.principle or filters.principle in r["principles"])
-            and (not filters.verdict or r["verdict"] == filters.verdict)
+            if (not filters.verdict or r["verdict"] == filters.verdict)
             and (not filters.flag or filters.flag in r["flags"])]
     return {"total": len(rows), "offset": offset, "limit": limit, "samples": rows[offset:offset + limit],
             "choices": sample_choices(session)}
@@ -336,16 +356,16 @@ def principle_stats(session: Session) -> list[dict[str, Any]]:
 def review_queue(session: Session, *, iteration: int | None = None, pending_only: bool = True,
                  limit: int = 50) -> dict[str, Any]:
     """Pairs with their AI label and latest review; unreviewed ones first when `pending_only` is off."""
-    query = select(Pair, Iteration.index).join(Iteration, Pair.iteration_id == Iteration.id).order_by(Pair.id)
+    query = (select(Pair, Iteration.index, Sample.prompt).join(Iteration, Pair.iteration_id == Iteration.id)
+             .outerjoin(Sample, Pair.sample_id == Sample.id).order_by(Pair.id))
     if iteration is not None:
         query = query.where(Iteration.index == iteration)
     reviews = latest_reviews(session)
     rows = []
-    for pair, index in session.execute(query):
+    for pair, index, prompt in session.execute(query):
         review = reviews.get(pair.id)
         if pending_only and review is not None:
             continue
-        prompt = session.scalar(select(Sample.prompt).where(Sample.id == pair.sample_id)) if pair.sample_id else None
         rows.append({"id": pair.id, "iteration": index, "sample_id": pair.sample_id, "source": pair.source,
                      "principle": pair.principle_id, "target": pair.target, "prompt": prompt,
                      "chosen": pair.chosen, "rejected": pair.rejected,

@@ -1,0 +1,67 @@
+"""The dashboard's pure parts: who counts as an operator, CSRF tokens, chart markup, verdicts and drop reasons."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from loop.dashboard.charts import line_chart
+from loop.dashboard.queries import PairRules, drop_reason, verdict_of
+from loop.dashboard.security import SESSION_COOKIE, Access, Operator
+from loop.store import Comparison, Sample
+
+
+def request(headers: dict[str, str] | None = None, cookie: str | None = None) -> Request:
+    raw = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    if cookie is not None:
+        raw.append((b"cookie", f"{SESSION_COOKIE}={cookie}".encode()))
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": raw})
+
+
+def test_bearer_and_session_operators_and_what_is_refused():
+    access = Access("s3cret")
+    assert access.operator(request()) is None
+    assert access.operator(request({"Authorization": "Bearer wrong"})) is None
+    assert access.operator(request({"Authorization": "Bearer s3cret", "X-CAI-Operator": "ann"})) == \
+        Operator("ann", "bearer")
+    cookie = access.session_cookie("bob")
+    assert access.operator(request(cookie=cookie)) == Operator("bob", "session")
+    forged = cookie.split(".")[0] + "." + "0" * 64
+    assert access.operator(request(cookie=forged)) is None
+    # another token (a restarted dashboard with a new one) ends every session
+    assert Access("other").operator(request(cookie=cookie)) is None
+    assert Access(None).operator(request({"Authorization": "Bearer s3cret"})) is None and Access(None).read_only
+
+
+def test_csrf_is_needed_for_sessions_only_and_bound_to_the_operator():
+    access = Access("s3cret")
+    bob, ann = Operator("bob", "session"), Operator("ann", "session")
+    assert access.csrf_ok(bob, access.csrf_token(bob))
+    assert not access.csrf_ok(bob, "") and not access.csrf_ok(bob, access.csrf_token(ann))
+    assert access.csrf_ok(Operator("api", "bearer"), "")
+
+
+def test_charts_escape_their_text_and_scale_points_into_the_plot():
+    svg = str(line_chart("<script>x</script>", [(1, 0.2), (2, 0.8)]))
+    assert "<script>" not in svg and "&lt;script&gt;" in svg
+    assert svg.count("<circle") == 2 and "style=" not in svg
+    assert "no data yet" in str(line_chart("empty", []))
+    assert str(line_chart("flat", [(1, 0.0)])).count("<circle") == 1  # one point, no division by zero
+
+
+def comparison(p_b: float, abstained: bool = False) -> Comparison:
+    return Comparison(p_b=p_b, p_b_when_first=p_b, p_b_when_second=p_b, abstained=abstained)
+
+
+def test_verdicts_and_the_reasons_a_sample_became_no_pair():
+    assert [verdict_of(comparison(p)) for p in (0.7, 0.3, 0.5)] == ["revision", "response", "tie"]
+    assert verdict_of(comparison(0.9, abstained=True)) == "abstained" and verdict_of(None) is None
+    sample = Sample(prompt="p", response="an answer", revision="a better answer")
+    judged, revision = PairRules("judged", 0.1, (0.0, 1.0)), PairRules("revision", 0.1, (0.0, 1.0))
+    assert drop_reason(sample, None, 0.1, judged).startswith("not judged")
+    assert drop_reason(sample, comparison(0.9, abstained=True), 0.1, judged).startswith("abstained")
+    assert drop_reason(sample, comparison(0.55), 0.1, judged).startswith("not-confident")
+    assert drop_reason(sample, comparison(0.3), 0.1, revision).startswith("judge-disagrees")
+    assert drop_reason(Sample(prompt="p", response="same", revision="same"), comparison(0.9), 0.1,
+                       judged).startswith("equal")
+    assert "de-duplication" in drop_reason(sample, comparison(0.9), 0.1, judged)
+    assert "de-duplication" in drop_reason(sample, comparison(0.45), 0.1, revision)

@@ -92,6 +92,8 @@ def create_app(run_dir: Path, *, token: str | None = None) -> FastAPI:
     templates = Jinja2Templates(env=Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True))
     templates.env.globals["chart"] = line_chart
     templates.env.filters["pct"] = lambda v: "-" if v is None else f"{100 * v:.1f} %"
+    # A model given as a local path is shown by its folder name (the full path stays in the API).
+    templates.env.filters["model"] = lambda v: Path(v).name if "/" in str(v) else v
     templates.env.filters["num"] = lambda v: "-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
 
     @app.middleware("http")

@@ -71,7 +71,7 @@ def control_state(session: Session, run: Run) -> str | None:
         from loop.control import run_state
     except ImportError:
         return None
-    return run_state(session, run.id)
+    return run_state(session, run.id) if has_table(session, "control_requests") else "running"
 
 
 def progress(session: Session) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from loop.database import open_run_reader
 from loop.store import Pair, Run
 from loop.summary import latest_reviews
 from tests.dashboard.conftest import IMG_PAYLOAD, SCRIPT_PAYLOAD, TOKEN, log_in, shot, start_dashboard, stop
+from tests.loop.runs import database_digest
 
 pytestmark = pytest.mark.slow  # two tiny `cai iterate` runs for the session, and a browser
 
@@ -169,8 +170,12 @@ def test_controls_need_the_token_and_take_effect_with_it(dashboard, dashboard_ru
 
 
 def test_without_a_token_the_dashboard_is_read_only(dashboard_run, page):
-    process, url = start_dashboard(dashboard_run["run_dir"], None)
+    run_dir = dashboard_run["run_dir"]
+    before = database_digest(run_dir / "cai.db")
+    process, url = start_dashboard(run_dir, None)
     try:
+        for path, _ in PAGES.values():
+            assert page.goto(url + path).status == 200
         page.goto(url + "/controls")
         assert "read-only" in page.locator("main").inner_text()
         assert page.locator("main form").count() == 0
@@ -181,3 +186,4 @@ def test_without_a_token_the_dashboard_is_read_only(dashboard_run, page):
         shot(page, "read-only-controls")
     finally:
         stop(process)
+    assert database_digest(run_dir / "cai.db") == before  # reading wrote nothing

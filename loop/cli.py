@@ -742,35 +742,68 @@ def eval_policy(
         render_evaluation(result)
 
 
-@app.command()
-def rollback(
-    run_dir: RunDir,
-    to: Annotated[str | None, typer.Option("--to", help="The policy to make current (default: the one the "
-                                                        "current policy was trained from).")] = None,
-    reason: Annotated[str, typer.Option(help="Why: recorded with the move.")] = "operator rollback",
-) -> None:
-    """Move the current-policy pointer back (and resume a halted run); the move and its reason are recorded."""
-    from sqlalchemy import select
+Operator = Annotated[str | None, typer.Option("--by", help="Who asks (default: the login name).")]
+Why = Annotated[str, typer.Option("--note", "--reason", help="Why: recorded with the request.")]
 
-    from loop.lease import acquire
-    from loop.promotion import RollbackError
-    from loop.promotion import rollback as move_back
-    from loop.store import Run
+
+def _operate(run_dir: Path, action: str, by: str | None, note: str, to: int | None = None) -> None:
+    """Record an operator's request (`loop.control`) and print what came of it."""
+    import getpass
+
+    from loop.control import ControlError, operate
 
     _setup_logging(run_dir)
     with _failures_reported():
         store = _open_run(run_dir, write=True)
         try:
-            with store.session() as session:
-                run_id, name = session.execute(select(Run.id, Run.name).order_by(Run.id)).first()
-            with acquire(store, name), store.session() as session:
-                move = move_back(session, run_id, None if to is None else _version(to), reason)
-                text = f"current policy: v{move.from_version} → v{move.to_version} ({move.reason})"
-        except RollbackError as exc:
+            text = operate(store, action, by=by or getpass.getuser(), note=note, to=to)
+        except ControlError as exc:
             _fail(str(exc))
         finally:
             store.dispose()
     out.print(text, highlight=False)
+
+
+@app.command()
+def rollback(
+    run_dir: RunDir,
+    to: Annotated[str | None, typer.Option("--to", help="The policy to make current (default: the one the "
+                                                        "current policy was trained from).")] = None,
+    note: Why = "",
+    by: Operator = None,
+) -> None:
+    """Move the current-policy pointer back (and resume a halted run); the move and its reason are recorded.
+    While a daemon works on the run, the rollback is queued and applied after its current iteration."""
+    _operate(run_dir, "rollback", by, note, None if to is None else _version(to))
+
+
+@app.command()
+def promote(
+    run_dir: RunDir,
+    policy: Annotated[str, typer.Argument(help="The policy to make current (N or vN), whatever the gates said.")],
+    note: Why = "",
+    by: Operator = None,
+) -> None:
+    """Make a recorded policy current against the gates' decision (and resume a halted run); recorded."""
+    _operate(run_dir, "promote", by, note, _version(policy))
+
+
+@app.command()
+def pause(run_dir: RunDir, note: Why = "", by: Operator = None) -> None:
+    """Pause the run's daemon after the stage it is in (it stays paused across restarts until resumed)."""
+    _operate(run_dir, "pause", by, note)
+
+
+@app.command()
+def resume(run_dir: RunDir, note: Why = "", by: Operator = None) -> None:
+    """Resume a paused run."""
+    _operate(run_dir, "resume", by, note)
+
+
+@app.command()
+def stop(run_dir: RunDir, note: Why = "", by: Operator = None) -> None:
+    """Ask the run's daemon to stop after the stage it is in."""
+    _operate(run_dir, "stop", by, note)
 
 
 @app.command()

@@ -69,20 +69,31 @@ def ensure_not_halted(session: Session, run_id: int) -> None:
                         f"(--to V to choose the policy; the current one is v{halt.current_version})")
 
 
+def _operator_move(session: Session, run: Run, to: int, kind: str, reason: str) -> PolicyMove:
+    """An operator's move to a recorded policy; it acts on the run, so it resolves any halt."""
+    if session.scalar(select(Policy).where(Policy.run_id == run.id, Policy.version == to)) is None:
+        known = ", ".join(f"v{v}" for v in session.scalars(select(Policy.version).where(Policy.run_id == run.id)))
+        raise RollbackError(f"no policy v{to} in this run (it has {known})")
+    for halt in session.scalars(select(GateDecision).where(GateDecision.run_id == run.id,
+                                                           GateDecision.resolved_at.is_(None),
+                                                           GateDecision.outcome == "halt")):
+        halt.resolved_at = utcnow()
+    return _move(session, run, to, kind, reason)
+
+
 def rollback(session: Session, run_id: int, to: int | None, reason: str) -> PolicyMove:
     """Move the pointer to `to` (default: the policy the current one was trained from); resolves a halt."""
     run = session.get(Run, run_id)
-    current = session.scalar(select(Policy).where(Policy.run_id == run_id, Policy.version == run.current_policy))
     if to is None:
+        current = session.scalar(select(Policy).where(Policy.run_id == run_id,
+                                                      Policy.version == run.current_policy))
         if current.parent_version is None:
             raise RollbackError(f"the current policy v{run.current_policy} is the base model: nothing to roll "
                                 "back to (name one with --to)")
         to = current.parent_version
-    if session.scalar(select(Policy).where(Policy.run_id == run_id, Policy.version == to)) is None:
-        known = ", ".join(f"v{v}" for v in session.scalars(select(Policy.version).where(Policy.run_id == run_id)))
-        raise RollbackError(f"no policy v{to} in this run (it has {known})")
-    for halt in session.scalars(select(GateDecision).where(GateDecision.run_id == run_id,
-                                                           GateDecision.resolved_at.is_(None),
-                                                           GateDecision.outcome == "halt")):
-        halt.resolved_at = utcnow()
-    return _move(session, run, to, "rollback", reason)
+    return _operator_move(session, run, to, "rollback", reason)
+
+
+def promote(session: Session, run_id: int, to: int, reason: str) -> PolicyMove:
+    """Make a recorded policy current against the gates' decision (an operator's call); resolves a halt."""
+    return _operator_move(session, session.get(Run, run_id), to, "promote", reason)

@@ -306,6 +306,24 @@ class ConstitutionVersion(Base):
     recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ControlRequest(Base):
+    """An operator's request to a run (`loop.control`): pause, resume or stop the daemon, or move the current
+    policy (promote, rollback). Any process may add one; the run's lease holder applies the policy moves."""
+
+    __tablename__ = "control_requests"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    action: Mapped[str]
+    """pause | resume | stop | promote | rollback"""
+    to_version: Mapped[int | None]
+    note: Mapped[str] = mapped_column(Text, default="")
+    requested_by: Mapped[str]
+    requested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    applied_at: Mapped[datetime | None]
+    outcome: Mapped[str | None] = mapped_column(Text)
+    """What happened: the policy move made, or why the request was refused."""
+
+
 class Meta(Base):
     """Key/value facts about the database itself; `schema_version` lets a later migration start from here."""
 

@@ -6,41 +6,13 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from datetime import datetime
 
 import pytest
-from sqlalchemy import create_engine, text, update
+from sqlalchemy import update
 
 from loop.lease import LeaseHeld, LeaseLost, acquire
 from loop.store import RunLease, Store
-
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    if request.param == "sqlite":
-        store = Store(f"sqlite:///{tmp_path / 'lease.db'}")
-        yield store
-        store.dispose()
-        return
-    pytest.importorskip("psycopg")
-    name = f"cai_lease_test_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(POSTGRES + "postgres", isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # no server here: the SQLite half still runs
-        pytest.skip(f"PostgreSQL at {POSTGRES} is not reachable: {exc}")
-    store = Store(POSTGRES + name)
-    try:
-        yield store
-    finally:
-        store.dispose()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _set(store: Store, run: str, **values) -> None:

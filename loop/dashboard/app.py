@@ -94,6 +94,7 @@ def create_app(run_dir: Path, *, token: str | None = None) -> FastAPI:
     templates.env.filters["pct"] = lambda v: "-" if v is None else f"{100 * v:.1f} %"
     # A model given as a local path is shown by its folder name (the full path stays in the API).
     templates.env.filters["model"] = lambda v: Path(v).name if "/" in str(v) else v
+    templates.env.filters["when"] = lambda v: v[:19].replace("T", " ") + " UTC" if v else "-"
     templates.env.filters["num"] = lambda v: "-" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
 
     @app.middleware("http")
@@ -282,7 +283,12 @@ def create_app(run_dir: Path, *, token: str | None = None) -> FastAPI:
     async def control_post(action: str, request: Request):
         operator = require_operator(request)
         fields = await form(request, operator)
-        result = _control(action, _version(fields.get("to", "")), fields.get("note", ""), operator)
+        try:
+            result = _control(action, _version(fields.get("to", "")), fields.get("note", ""), operator)
+        except HTTPException as exc:
+            if exc.status_code != 400:
+                raise
+            result = f"refused: {exc.detail}"  # shown on the page the operator acted from
         return RedirectResponse("/controls?" + urlencode({"result": result}), status_code=303)
 
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)

@@ -144,6 +144,9 @@ def test_controls_need_the_token_and_take_effect_with_it(dashboard, dashboard_ru
     rolled = httpx.post(f"{dashboard}/api/control/rollback", json={"note": "api rollback"}, headers=bearer)
     assert rolled.status_code == 200, rolled.text
     assert read(run_dir, lambda s: s.scalar(select(Run.current_policy))) == 1
+    refused = httpx.post(f"{dashboard}/api/control/promote", json={"to": 99}, headers=bearer)
+    assert refused.status_code == 400 and "v99" in refused.json()["detail"]
+    assert read(run_dir, lambda s: s.scalar(select(Run.current_policy))) == 1
 
     log_in(page, dashboard, "ops-bob")
     page.locator("#control-pause input[name=note]").fill("maintenance")

@@ -844,7 +844,7 @@ def dashboard(
         try:
             uvicorn.run(dashboard_app, host=host, port=port, log_level="warning")
         finally:
-            dashboard_app.state.dashboard.reader.dispose()
+            dashboard_app.state.dashboard.reader.dispose()  # the dashboard opened it: no store was passed
 
 
 def main() -> None:  # pragma: no cover - `python -m loop.cli`

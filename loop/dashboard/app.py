@@ -42,12 +42,14 @@ class ControlBody(BaseModel):
 
 
 class Dashboard:
-    """One run folder, its reader, and who may change it."""
+    """One run, its reader, and who may change it. A process that already holds the run's store (a daemon, or a
+    PostgreSQL store) passes it as `store`: reads and changes then go through it."""
 
-    def __init__(self, run_dir: Path, access: Access):
+    def __init__(self, run_dir: Path, access: Access, store: Store | None = None):
         self.run_dir = run_dir
         self.access = access
-        self.reader = open_run_reader(run_dir)
+        self.shared = store
+        self.reader = store or open_run_reader(run_dir)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -56,6 +58,9 @@ class Dashboard:
 
     @contextmanager
     def write(self) -> Iterator[Store]:
+        if self.shared is not None:
+            yield self.shared
+            return
         store = open_run_store(self.run_dir, write=True)
         try:
             yield store
@@ -78,9 +83,10 @@ def _version(text: str) -> int | None:
     return int(text)
 
 
-def create_app(run_dir: Path, *, token: str | None = None) -> FastAPI:
-    """The dashboard of the run in `run_dir`; with `token`, operators who present it may review and control."""
-    board = Dashboard(run_dir, Access(token))
+def create_app(run_dir: Path, *, token: str | None = None, store: Store | None = None) -> FastAPI:
+    """The dashboard of the run in `run_dir`; with `token`, operators who present it may review and control.
+    Without `store` it opens the run folder's SQLite database itself (read-only, and for each change)."""
+    board = Dashboard(run_dir, Access(token), store)
     access = board.access
     # FastAPI's own /docs pages load their scripts from a CDN: only the OpenAPI document is served.
     app = FastAPI(title="cai dashboard", docs_url=None, redoc_url=None,

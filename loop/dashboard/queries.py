@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from critique.sampler import clamp, hygiene_reason
 from loop.lease import describe as describe_lease
+from loop.lease import holder_gone
 from loop.promotion import evaluation_metrics, unresolved_halt
 from loop.store import (
     Comparison,
@@ -57,9 +58,10 @@ def run_row(session: Session) -> Run | None:
 
 
 def lease_state(session: Session, run: Run) -> dict[str, Any] | None:
-    """Who holds the run now (the daemon or a `cai` command), from the lease row; None when nobody does."""
+    """Who holds the run now (the daemon or a `cai` command), from the lease row; None when nobody does, or when
+    the holder is gone (killed: the next `cai` takes the lease over)."""
     row = session.get(RunLease, run.name)
-    if row is None:
+    if row is None or holder_gone(row):
         return None
     return {"holder": describe_lease(row), "host": row.host, "pid": row.pid,
             "heartbeat_age_s": round(time.time() - row.heartbeat, 1)}

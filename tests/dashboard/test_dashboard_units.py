@@ -65,3 +65,37 @@ def test_verdicts_and_the_reasons_a_sample_became_no_pair():
                        judged).startswith("equal")
     assert "de-duplication" in drop_reason(sample, comparison(0.9), 0.1, judged)
     assert "de-duplication" in drop_reason(sample, comparison(0.45), 0.1, revision)
+
+
+def test_progress_names_the_running_stage_only_while_someone_holds_the_run(tmp_path):
+    import os
+    import socket
+    import time
+
+    from loop.dashboard.queries import progress
+    from loop.store import Iteration, Run, RunLease, StageRun, Store, utcnow
+
+    store = Store(f"sqlite:///{tmp_path / 'cai.db'}")
+    with store.session() as session:
+        run = Run(name="r", config={})
+        session.add(run)
+        session.flush()
+        iteration = Iteration(run_id=run.id, index=1, policy_version=0, constitution_hash="h")
+        session.add(iteration)
+        session.flush()
+        session.add(StageRun(iteration_id=iteration.id, stage="generate", wall_s=1.5))
+    with store.session() as session:
+        idle = progress(session)
+    assert idle["lease"] is None and idle["iteration"]["running"] is None
+    assert [s["done"] for s in idle["iteration"]["stages"]][:2] == [True, False]
+    with store.session() as session:
+        session.add(RunLease(run="r", token="t", host=socket.gethostname(), pid=os.getpid(), started_at=utcnow(),
+                             heartbeat=time.time()))
+    with store.session() as session:
+        busy = progress(session)
+    assert busy["iteration"]["running"] == "critique" and f"pid {os.getpid()}" in busy["lease"]["holder"]
+    with store.session() as session:  # a holder killed with -9 leaves its row: nobody works on the run
+        session.get(RunLease, "r").pid = 2 ** 22 + 7
+    with store.session() as session:
+        assert progress(session)["lease"] is None
+    store.dispose()

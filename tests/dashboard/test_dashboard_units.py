@@ -99,3 +99,32 @@ def test_progress_names_the_running_stage_only_while_someone_holds_the_run(tmp_p
     with store.session() as session:
         assert progress(session)["lease"] is None
     store.dispose()
+
+
+def test_alarms_name_an_open_halt_and_a_rejected_candidate(tmp_path):
+    from loop.dashboard.queries import alarms
+    from loop.store import GateDecision, Iteration, Run, Store, utcnow
+
+    failed = {"gate": "kl", "metric": "kl_vs_reference", "value": 200.0, "op": "<=", "limit": 120.0,
+              "severity": "halt", "passed": False, "reason": "kl_vs_reference = 200 (limit <= 120)"}
+    store = Store(f"sqlite:///{tmp_path / 'cai.db'}")
+    with store.session() as session:
+        run = Run(name="r", config={})
+        session.add(run)
+        session.flush()
+        for index in (1, 2):
+            session.add(Iteration(run_id=run.id, index=index, policy_version=0, constitution_hash="h"))
+        session.flush()
+        session.add(GateDecision(run_id=run.id, iteration_id=1, candidate_version=1, current_version=0,
+                                 outcome="halt", checks=[failed]))
+    with store.session() as session:
+        found = alarms(session, session.get(Run, 1))
+    assert len(found) == 1 and found[0].startswith("halted: candidate v1") and "limit <= 120" in found[0]
+    with store.session() as session:
+        session.get(GateDecision, 1).resolved_at = utcnow()
+        session.add(GateDecision(run_id=1, iteration_id=2, candidate_version=2, current_version=0,
+                                 outcome="reject", checks=[{**failed, "severity": "reject"}]))
+    with store.session() as session:
+        assert alarms(session, session.get(Run, 1)) == [
+            "latest candidate v2 rejected: kl_vs_reference = 200 (limit <= 120)"]
+    store.dispose()

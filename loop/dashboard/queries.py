@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from critique.injection import is_injection
 from critique.sampler import clamp, hygiene_reason
 from loop.lease import describe as describe_lease
 from loop.lease import holder_gone
@@ -257,10 +258,9 @@ def _sample_rows(session: Session, where) -> list[dict[str, Any]]:
     for s in samples:
         comparison, pair = comparisons.get(s.id), pairs.get(s.id)
         review = reviews.get(pair.id) if pair else None
-        text = " ".join(filter(None, [s.prompt, s.response, s.revision]))
         flags = {"paired" if pair else "dropped", "reviewed" if review else "unreviewed"}
-        if hygiene_reason("x", text) == "injection":
-            flags.add("injection")
+        if any(is_injection(text) for text in (s.response, s.revision) if text):
+            flags.add("injection")  # an answer addressed to the judge (the sampler drops such pairs)
         rows.append({
             "id": s.id, "iteration": indexes[s.iteration_id], "category": s.prompt_category,
             "prompt_id": s.prompt_id, "prompt": s.prompt, "response": s.response, "revision": s.revision,

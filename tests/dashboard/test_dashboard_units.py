@@ -128,3 +128,13 @@ def test_alarms_name_an_open_halt_and_a_rejected_candidate(tmp_path):
         assert alarms(session, session.get(Run, 1)) == [
             "latest candidate v2 rejected: kl_vs_reference = 200 (limit <= 120)"]
     store.dispose()
+
+
+def test_a_folder_without_a_run_is_refused_with_one_line(tmp_path):
+    from tests.loop.runs import error_lines, run_cai
+
+    result = run_cai("dashboard", "--run-dir", str(tmp_path / "nothing"), timeout=120)
+    assert result.returncode == 2
+    assert error_lines(result.stderr) == [f"error: no run in {tmp_path / 'nothing'} (no cai.db with a run); start one "
+                                          f"with `cai iterate --config FILE --run-dir {tmp_path / 'nothing'}`"]
+    assert not (tmp_path / "nothing").exists()

@@ -190,6 +190,10 @@ def create_app(run_dir: Path, *, token: str | None = None, store: Store | None =
         operator = require_operator(request)
         return {"action": action, "result": _control(action, body.to, body.note, operator)}
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(status_code=204)  # no icon, and no 404 in the browser's console
+
     @app.get("/metrics", response_class=PlainTextResponse, tags=["read"])
     def prometheus() -> str:
         """Evaluation metrics and gate outcomes in the Prometheus text format (as `cai metrics`)."""

@@ -135,13 +135,15 @@ def browser():
 
 
 class ScriptWatch:
-    """Records every dialog (alert) and page error: a payload that ran would show up here."""
+    """Records every dialog (alert), page error and console error (a Content-Security-Policy violation is one): a
+    payload that ran, or markup the policy had to block, would show up here."""
 
     def __init__(self, page):
         self.dialogs: list[str] = []
         self.errors: list[str] = []
         page.on("dialog", lambda dialog: (self.dialogs.append(dialog.message), dialog.dismiss()))
         page.on("pageerror", lambda error: self.errors.append(str(error)))
+        page.on("console", lambda message: message.type == "error" and self.errors.append(message.text))
 
 
 @pytest.fixture

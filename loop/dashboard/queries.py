@@ -33,6 +33,7 @@ from loop.store import (
     RunLease,
     Sample,
     StageRun,
+    count,
 )
 from loop.summary import iteration_summary, latest_iteration, latest_reviews, review_agreement
 
@@ -239,9 +240,9 @@ def _iteration_margins(session: Session) -> dict[int, float]:
         Metric.stage == "pairs", Metric.name == "margin", Metric.step.is_(None))).all())
 
 
-def _sample_rows(session: Session, where) -> list[dict[str, Any]]:
+def _sample_rows(session: Session, where, *, limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
     """Samples with their principles, verdict, pair and latest review (one query per table, not per sample)."""
-    samples = list(session.scalars(select(Sample).where(*where).order_by(Sample.id)))
+    samples = list(session.scalars(select(Sample).where(*where).order_by(Sample.id).offset(offset).limit(limit)))
     ids = [s.id for s in samples]
     critiques: dict[int, list[Critique]] = defaultdict(list)
     for c in session.scalars(select(Critique).where(Critique.sample_id.in_(ids)).order_by(Critique.round)):
@@ -296,11 +297,14 @@ def samples(session: Session, filters: SampleFilter, *, limit: int = 50, offset:
         where.append(Sample.id.in_(select(Critique.sample_id).where(Critique.principle_id == filters.principle)
                                    .union(select(Comparison.sample_id)
                                           .where(Comparison.principle_id == filters.principle))))
+    page: dict[str, Any] = {"offset": offset, "limit": limit, "choices": sample_choices(session)}
+    if not filters.verdict and not filters.flag:  # all in SQL: only the page's samples are read
+        return {**page, "total": count(session, Sample, *where),
+                "samples": _sample_rows(session, where, limit=limit, offset=offset)}
     rows = [r for r in _sample_rows(session, where)
             if (not filters.verdict or r["verdict"] == filters.verdict)
             and (not filters.flag or filters.flag in r["flags"])]
-    return {"total": len(rows), "offset": offset, "limit": limit, "samples": rows[offset:offset + limit],
-            "choices": sample_choices(session)}
+    return {**page, "total": len(rows), "samples": rows[offset:offset + limit]}
 
 
 def sample_choices(session: Session) -> dict[str, list[Any]]:

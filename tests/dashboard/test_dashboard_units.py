@@ -138,3 +138,30 @@ def test_a_folder_without_a_run_is_refused_with_one_line(tmp_path):
     assert error_lines(result.stderr) == [f"error: no run in {tmp_path / 'nothing'} (no cai.db with a run); start one "
                                           f"with `cai iterate --config FILE --run-dir {tmp_path / 'nothing'}`"]
     assert not (tmp_path / "nothing").exists()
+
+
+def test_sample_pages_are_read_in_sql_and_filtered_pages_agree(tmp_path):
+    from loop.dashboard.queries import SampleFilter, samples
+    from loop.store import Comparison, Iteration, Run, Sample, Store
+
+    store = Store(f"sqlite:///{tmp_path / 'cai.db'}")
+    with store.session() as session:
+        run = Run(name="r", config={})
+        session.add(run)
+        session.flush()
+        iteration = Iteration(run_id=run.id, index=1, policy_version=0, constitution_hash="h")
+        session.add(iteration)
+        session.flush()
+        for i in range(7):
+            sample = Sample(iteration_id=iteration.id, prompt_id=f"p{i}", prompt_category="benign", prompt=f"q{i}",
+                            response="a", revision="b", policy_version=0, constitution_hash="h")
+            session.add(sample)
+            session.flush()
+            session.add(Comparison(sample_id=sample.id, principle_id="x", judge="j", p_b_when_second=0.9,
+                                   p_b_when_first=0.9, p_b=0.9 if i % 2 else 0.1, constitution_hash="h"))
+    with store.session() as session:
+        page = samples(session, SampleFilter(), limit=3, offset=3)
+        assert page["total"] == 7 and [s["prompt"] for s in page["samples"]] == ["q3", "q4", "q5"]
+        revised = samples(session, SampleFilter(verdict="revision"), limit=2, offset=1)
+        assert revised["total"] == 3 and [s["prompt"] for s in revised["samples"]] == ["q3", "q5"]
+    store.dispose()

@@ -88,7 +88,7 @@ def open_iteration(store: Store, config: RunConfig, run_dir: Path, constitution_
         session.add(IterationInputs(iteration_id=iteration.id, constitution_hash=constitution_hash,
                                     config_hash=config_hash(fields), config=fields))
         prompts = select_prompts(load_prompts(config.prompts.files), config.prompts.per_iteration,
-                                 config.seed, index)
+                                 config.seed, index, config.prompts.draw)
         for record in prompts:
             for k in range(config.generation.samples_per_prompt):
                 session.add(Sample(iteration_id=iteration.id, prompt_id=record.id, prompt_category=record.category,

@@ -41,8 +41,9 @@ def test_every_page_renders_with_live_progress(dashboard, page, name):
     assert response.status == 200
     assert "script-src 'self'" in response.headers["content-security-policy"]
     assert page.locator("h1").first.inner_text().startswith(heading)
-    # live progress is filled in by the polling script (it starts as "loading…")
-    page.wait_for_function("document.getElementById('live').dataset.updated !== undefined")
+    # live progress is filled in by the polling script (it starts as "loading…"); waited for by selector, since
+    # a polled wait_for_function evaluates a string, which the page's CSP rightly refuses
+    page.wait_for_selector("#live[data-updated]", state="attached")
     assert "run run" in page.locator("#live").inner_text()
     assert page.watch.errors == [] and page.watch.dialogs == []
     shot(page, f"page-{name}")

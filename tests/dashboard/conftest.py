@@ -162,9 +162,15 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
+def submit(page, button) -> None:
+    """Click a form's button and wait until the page it leads to has loaded (the URL may not change)."""
+    with page.expect_navigation(wait_until="load"):
+        button.click()
+
+
 def log_in(page, url: str, name: str = "ops-tester") -> None:
     page.goto(url + "/login")
     page.fill("input[name=name]", name)
     page.fill("input[name=token]", TOKEN)
-    page.click("form.stack button")
-    page.wait_for_url(url + "/controls")
+    submit(page, page.locator("form.stack button"))
+    assert page.url == url + "/controls"

@@ -10,7 +10,16 @@ from sqlalchemy import select
 from loop.database import open_run_reader
 from loop.store import Pair, Run
 from loop.summary import latest_reviews
-from tests.dashboard.conftest import IMG_PAYLOAD, SCRIPT_PAYLOAD, TOKEN, log_in, shot, start_dashboard, stop
+from tests.dashboard.conftest import (
+    IMG_PAYLOAD,
+    SCRIPT_PAYLOAD,
+    TOKEN,
+    log_in,
+    shot,
+    start_dashboard,
+    stop,
+    submit,
+)
 from tests.loop.runs import database_digest
 
 pytestmark = pytest.mark.slow  # two tiny `cai iterate` runs for the session, and a browser
@@ -78,14 +87,14 @@ def test_filters_narrow_the_samples(dashboard, dashboard_run, page):
     page.goto(dashboard + "/samples")
     total = int(page.locator("#sample-count").inner_text().split()[0])
     page.select_option("select[name=iteration]", "2")
-    page.click("#filters button")
+    submit(page, page.locator("#filters button"))
     rows = page.locator("#samples tr:not(:first-child)")
     second = rows.count()
     assert 0 < second < total
     assert all(rows.nth(i).locator("td").nth(1).inner_text() == "2" for i in range(second))
     page.select_option("select[name=iteration]", "")
     page.select_option("select[name=category]", "harmful")
-    page.click("#filters button")
+    submit(page, page.locator("#filters button"))
     categories = [rows.nth(i).locator("td").nth(2).inner_text() for i in range(rows.count())]
     assert categories and set(categories) == {"harmful"} and len(categories) < total
     principle = page.locator("select[name=principle] option").nth(1).get_attribute("value")
@@ -117,8 +126,8 @@ def test_a_review_persists_and_shows_in_the_sample_browser(dashboard, dashboard_
     page.goto(dashboard + "/review")
     card = page.locator(f"#pair-{pair}")
     card.locator("input[name=note]").fill("the refusal was the right answer")
-    card.locator("button[value=flip]").click()
-    page.wait_for_url(dashboard + "/review")
+    submit(page, card.locator("button[value=flip]"))
+    assert page.url == dashboard + "/review"
     assert page.locator(f"#pair-{pair}").count() == 0  # no longer pending
     page.goto(dashboard + f"/samples/{dashboard_run['sample']}")
     status = page.locator("#review-status").inner_text()
@@ -151,18 +160,15 @@ def test_controls_need_the_token_and_take_effect_with_it(dashboard, dashboard_ru
 
     log_in(page, dashboard, "ops-bob")
     page.locator("#control-pause input[name=note]").fill("maintenance")
-    page.click("#control-pause button")
-    page.wait_for_url(f"{dashboard}/controls?*")
+    submit(page, page.locator("#control-pause button"))
     assert page.locator("#run-state").inner_text() == "paused"
     page.select_option("#control-promote select[name=to]", "v2")
-    page.click("#control-promote button")
-    page.wait_for_url(f"{dashboard}/controls?*")
+    submit(page, page.locator("#control-promote button"))
     assert page.locator("#current-policy").inner_text() == "v2"
     requests = page.locator("#requests").inner_text()
     assert "ops-bob" in requests and "maintenance" in requests and "api-ops" in requests
     shot(page, "controls-after")
-    page.click("#control-resume button")
-    page.wait_for_url(f"{dashboard}/controls?*")
+    submit(page, page.locator("#control-resume button"))
     assert page.locator("#run-state").inner_text() == "running"
     assert read(run_dir, lambda s: s.scalar(select(Run.current_policy))) == 2
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 from sqlalchemy import func, select
@@ -98,7 +99,7 @@ def progress(session: Session) -> dict[str, Any]:
         "stages": [{"stage": stage, "done": stage in done,
                     "wall_s": round(done[stage].wall_s, 2) if stage in done else None} for stage in STAGE_ORDER],
         "running": pending[0] if pending and iteration.status == "running" and result["lease"] else None,
-        "since": last.isoformat(),
+        "since": (last if last.tzinfo else last.replace(tzinfo=UTC)).isoformat(),  # stored as naive UTC
     }
     return result
 

@@ -836,9 +836,11 @@ def dashboard(
     with _failures_reported():
         import uvicorn
 
-        from loop.dashboard.app import create_app
+        from loop.dashboard.app import LOOPBACK_HOSTS, create_app
 
-        dashboard_app = create_app(run_dir, token=token)
+        # Bound to this machine only, it answers only to this machine's names (no DNS rebinding).
+        local = host in LOOPBACK_HOSTS
+        dashboard_app = create_app(run_dir, token=token, allowed_hosts=LOOPBACK_HOSTS if local else None)
         mode = "operators with the token may review and control" if token else "read-only (no operator token)"
         console.print(f"dashboard of {run_dir} on http://{host}:{port}/ ({mode}); Ctrl-C stops it", highlight=False)
         try:

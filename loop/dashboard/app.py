@@ -19,6 +19,7 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from loop.dashboard import queries
 from loop.dashboard.charts import line_chart
@@ -29,6 +30,7 @@ from loop.store import Store
 
 HERE = Path(__file__).parent
 CONTROL_ACTIONS = ("pause", "resume", "promote", "rollback")
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
 
 
 class ReviewBody(BaseModel):
@@ -83,9 +85,12 @@ def _version(text: str) -> int | None:
     return int(text)
 
 
-def create_app(run_dir: Path, *, token: str | None = None, store: Store | None = None) -> FastAPI:
+def create_app(run_dir: Path, *, token: str | None = None, store: Store | None = None,
+               allowed_hosts: list[str] | None = None) -> FastAPI:
     """The dashboard of the run in `run_dir`; with `token`, operators who present it may review and control.
-    Without `store` it opens the run folder's SQLite database itself (read-only, and for each change)."""
+    Without `store` it opens the run folder's SQLite database itself (read-only, and for each change).
+    `allowed_hosts` limits the Host header (a page on another site cannot reach a local dashboard by DNS
+    rebinding)."""
     board = Dashboard(run_dir, Access(token), store)
     access = board.access
     # FastAPI's own /docs pages load their scripts from a CDN: only the OpenAPI document is served.
@@ -93,6 +98,8 @@ def create_app(run_dir: Path, *, token: str | None = None, store: Store | None =
                   description="The operator dashboard's JSON API: the same data as the pages. Changes need "
                               "`Authorization: Bearer TOKEN` (and optionally `X-CAI-Operator: NAME`).")
     app.state.dashboard = board
+    if allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     # Every value is escaped: prompts and answers are untrusted text (an answer may hold markup or script).
     templates = Jinja2Templates(env=Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True))

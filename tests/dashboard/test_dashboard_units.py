@@ -165,3 +165,18 @@ def test_sample_pages_are_read_in_sql_and_filtered_pages_agree(tmp_path):
         revised = samples(session, SampleFilter(verdict="revision"), limit=2, offset=1)
         assert revised["total"] == 3 and [s["prompt"] for s in revised["samples"]] == ["q3", "q5"]
     store.dispose()
+
+
+def test_a_local_dashboard_answers_only_to_local_host_names(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from loop.dashboard.app import LOOPBACK_HOSTS, create_app
+    from loop.store import Run, Store
+
+    store = Store(f"sqlite:///{tmp_path / 'cai.db'}")
+    with store.session() as session:
+        session.add(Run(name="r", config={}))
+    client = TestClient(create_app(tmp_path, store=store, allowed_hosts=LOOPBACK_HOSTS))
+    assert client.get("/api/progress", headers={"Host": "127.0.0.1:8765"}).json()["run"] == "r"
+    assert client.get("/api/progress", headers={"Host": "evil.example:8765"}).status_code == 400
+    store.dispose()

@@ -67,23 +67,31 @@ def test_verdicts_and_the_reasons_a_sample_became_no_pair():
     assert "de-duplication" in drop_reason(sample, comparison(0.45), 0.1, revision)
 
 
+def run_store(folder, iterations: int = 1):
+    """A store holding run "r" (id 1) and its first iterations (ids 1..N), as `cai iterate` opens them."""
+    from loop.store import Iteration, Run, Store
+
+    store = Store(f"sqlite:///{folder / 'cai.db'}")
+    with store.session() as session:
+        run = Run(name="r", config={})
+        session.add(run)
+        session.flush()
+        session.add_all(Iteration(run_id=run.id, index=index, policy_version=0, constitution_hash="h")
+                        for index in range(1, iterations + 1))
+    return store
+
+
 def test_progress_names_the_running_stage_only_while_someone_holds_the_run(tmp_path):
     import os
     import socket
     import time
 
     from loop.dashboard.queries import progress
-    from loop.store import Iteration, Run, RunLease, StageRun, Store, utcnow
+    from loop.store import RunLease, StageRun, utcnow
 
-    store = Store(f"sqlite:///{tmp_path / 'cai.db'}")
+    store = run_store(tmp_path)
     with store.session() as session:
-        run = Run(name="r", config={})
-        session.add(run)
-        session.flush()
-        iteration = Iteration(run_id=run.id, index=1, policy_version=0, constitution_hash="h")
-        session.add(iteration)
-        session.flush()
-        session.add(StageRun(iteration_id=iteration.id, stage="generate", wall_s=1.5))
+        session.add(StageRun(iteration_id=1, stage="generate", wall_s=1.5))
     with store.session() as session:
         idle = progress(session)
     assert idle["lease"] is None and idle["iteration"]["running"] is None
@@ -103,19 +111,13 @@ def test_progress_names_the_running_stage_only_while_someone_holds_the_run(tmp_p
 
 def test_alarms_name_an_open_halt_and_a_rejected_candidate(tmp_path):
     from loop.dashboard.queries import alarms
-    from loop.store import GateDecision, Iteration, Run, Store, utcnow
+    from loop.store import GateDecision, Run, utcnow
 
     failed = {"gate": "kl", "metric": "kl_vs_reference", "value": 200.0, "op": "<=", "limit": 120.0,
               "severity": "halt", "passed": False, "reason": "kl_vs_reference = 200 (limit <= 120)"}
-    store = Store(f"sqlite:///{tmp_path / 'cai.db'}")
+    store = run_store(tmp_path, iterations=2)
     with store.session() as session:
-        run = Run(name="r", config={})
-        session.add(run)
-        session.flush()
-        for index in (1, 2):
-            session.add(Iteration(run_id=run.id, index=index, policy_version=0, constitution_hash="h"))
-        session.flush()
-        session.add(GateDecision(run_id=run.id, iteration_id=1, candidate_version=1, current_version=0,
+        session.add(GateDecision(run_id=1, iteration_id=1, candidate_version=1, current_version=0,
                                  outcome="halt", checks=[failed]))
     with store.session() as session:
         found = alarms(session, session.get(Run, 1))
@@ -142,18 +144,12 @@ def test_a_folder_without_a_run_is_refused_with_one_line(tmp_path):
 
 def test_sample_pages_are_read_in_sql_and_filtered_pages_agree(tmp_path):
     from loop.dashboard.queries import SampleFilter, samples
-    from loop.store import Comparison, Iteration, Run, Sample, Store
+    from loop.store import Comparison, Sample
 
-    store = Store(f"sqlite:///{tmp_path / 'cai.db'}")
+    store = run_store(tmp_path)
     with store.session() as session:
-        run = Run(name="r", config={})
-        session.add(run)
-        session.flush()
-        iteration = Iteration(run_id=run.id, index=1, policy_version=0, constitution_hash="h")
-        session.add(iteration)
-        session.flush()
         for i in range(7):
-            sample = Sample(iteration_id=iteration.id, prompt_id=f"p{i}", prompt_category="benign", prompt=f"q{i}",
+            sample = Sample(iteration_id=1, prompt_id=f"p{i}", prompt_category="benign", prompt=f"q{i}",
                             response="a", revision="b", policy_version=0, constitution_hash="h")
             session.add(sample)
             session.flush()
@@ -171,11 +167,8 @@ def test_a_local_dashboard_answers_only_to_local_host_names(tmp_path):
     from fastapi.testclient import TestClient
 
     from loop.dashboard.app import LOOPBACK_HOSTS, create_app
-    from loop.store import Run, Store
 
-    store = Store(f"sqlite:///{tmp_path / 'cai.db'}")
-    with store.session() as session:
-        session.add(Run(name="r", config={}))
+    store = run_store(tmp_path)
     client = TestClient(create_app(tmp_path, store=store, allowed_hosts=LOOPBACK_HOSTS))
     assert client.get("/api/progress", headers={"Host": "127.0.0.1:8765"}).json()["run"] == "r"
     assert client.get("/api/progress", headers={"Host": "evil.example:8765"}).status_code == 400

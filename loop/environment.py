@@ -15,6 +15,7 @@ PREFIX = "CAI_"
 DELIMITER = "__"
 OTHER_VARIABLES = {
     "CAI_DEBUG": "show tracebacks on errors",
+    "CAI_DASHBOARD_TOKEN": "the operator token of `cai dashboard` (reviews and controls need it)",
     "CAI_TEST_THREADS": "torch threads in the test suite",
     "CAI_TRAINER_PARENT_PID": "set by the loop for its trainer children (they exit when that process is gone)",
 }

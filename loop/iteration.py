@@ -19,7 +19,7 @@ from loop.lease import acquire
 from loop.progress import NullReporter, Position, Reporter
 from loop.promotion import decide_iteration, ensure_not_halted
 from loop.prompts import load_prompts, select_prompts
-from loop.run_inputs import InputsChanged, config_hash, describe_changes, fingerprint
+from loop.run_inputs import InputsChanged, config_hash, describe_changes, fingerprint, record_constitution
 from loop.stages import STAGES
 from loop.store import Iteration, IterationInputs, Policy, Run, Sample, StageRun, Store, utcnow
 from loop.summary import iteration_summary
@@ -152,6 +152,7 @@ def run_iteration(config: RunConfig, run_dir: Path, reporter: Reporter | None = 
             run_id, iteration_id, index = open_iteration(store, config, run_dir, constitution.content_hash,
                                                          allow_changed=allow_changed)
             position.iteration = index
+            record_constitution(store, constitution)
             save_run_config(config, run_dir / "config.yaml")
             ctx = IterationContext(config=config, store=store, run_dir=run_dir, run_id=run_id,
                                    iteration_id=iteration_id, iteration_index=index, constitution=constitution,

@@ -37,7 +37,7 @@ SAMPLE_INPUTS = {
 """The inputs of the test render when a principle has no examples of its own."""
 
 _V2_ONLY_PRINCIPLE_KEYS = {"title", "description", "tags", "applies_to", "positive_system_prompt",
-                           "negative_system_prompt", "examples"}
+                           "negative_system_prompt", "positive_prefix", "negative_prefix", "examples"}
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,12 @@ class Principle(_Frozen):
     """System prompt that steers towards the principle (the chosen side of a contrastive, RLCD-style pair)."""
     negative_system_prompt: Text | None = None
     """Near-identical wording that steers against it (the rejected side)."""
+    positive_prefix: str | None = Field(default=None, min_length=1)
+    """The opening of the preferred answer (plain text): the contrastive positive answer is prefilled with it,
+    e.g. a refusal's first sentence on harmful requests. Use it only where the principle's `applies_to`
+    categories fix how a good answer starts."""
+    negative_prefix: str | None = Field(default=None, min_length=1)
+    """The opening of the dispreferred answer, prefilled on the contrastive negative side."""
     examples: tuple[Example, ...] = ()
     _snippets: dict[str, str] = PrivateAttr(default_factory=dict)
 

@@ -1,6 +1,9 @@
 """Contrastive pairs (RLCD, Yang et al. 2023, arXiv 2307.12950): the policy answers the same prompt under a
 principle's positive and negative system prompt, worded as alike as possible; the positive answer is preferred
 by construction. The wording comes from the constitution, or from one template when a principle has none.
+
+A principle may also fix how each side's answer opens (`positive_prefix`, `negative_prefix`): the policy
+continues a prefilled opening, which separates the two sides where instructions alone barely move a small model.
 """
 
 from __future__ import annotations
@@ -21,6 +24,28 @@ def system_prompts(principle: Principle, prompt: str) -> tuple[str, str]:
 
 
 def contrastive_conversations(prompt: str, principle: Principle) -> tuple[Conversation, Conversation]:
+    """(positive, negative) conversations; a side with a prefix ends in that assistant opening, to be continued."""
     positive, negative = system_prompts(principle, prompt)
-    return ([{"role": "system", "content": positive}, {"role": "user", "content": prompt}],
-            [{"role": "system", "content": negative}, {"role": "user", "content": prompt}])
+    return (_conversation(positive, prompt, principle.positive_prefix),
+            _conversation(negative, prompt, principle.negative_prefix))
+
+
+def _conversation(system: str, prompt: str, prefix: str | None) -> Conversation:
+    conversation: Conversation = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+    if prefix:
+        conversation.append({"role": "assistant", "content": prefix})
+    return conversation
+
+
+def contrastive_answers(principle: Principle, positive: str, negative: str) -> tuple[str, str]:
+    """The whole (positive, negative) answers: each side's prefix, if any, then what the policy wrote after it.
+
+    Generators return replies stripped, so the space the continuation's first token carried is put back.
+    """
+    return _joined(principle.positive_prefix, positive), _joined(principle.negative_prefix, negative)
+
+
+def _joined(prefix: str | None, continuation: str) -> str:
+    if not prefix:
+        return continuation
+    return f"{prefix} {continuation}" if continuation else prefix

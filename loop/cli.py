@@ -650,15 +650,15 @@ def review_list(
 def _review(run_dir: Path, pair_id: int, verdict: str, note: str, reviewer: str | None) -> None:
     import getpass
 
-    from loop.store import Pair, Review
+    from loop.review import ReviewError, record_review
 
     store = _open_store(run_dir)
-    with store.session() as session:
-        if session.get(Pair, pair_id) is None:
-            store.dispose()
-            _fail(f"no pair {pair_id} in {run_dir}; `cai review list --run-dir {run_dir}` shows them")
-        session.add(Review(pair_id=pair_id, verdict=verdict, note=note, reviewer=reviewer or getpass.getuser()))
-    store.dispose()
+    try:
+        record_review(store, pair_id, verdict, reviewer=reviewer or getpass.getuser(), note=note)
+    except ReviewError as exc:
+        _fail(f"{exc}; `cai review list --run-dir {run_dir}` shows them")
+    finally:
+        store.dispose()
     out.print(f"pair {pair_id}: {verdict}", highlight=False)
 
 
@@ -947,6 +947,36 @@ def metrics(run_dir: RunDir) -> None:
             typer.echo(exposition(store), nl=False)
         finally:
             store.dispose()
+
+
+@app.command()
+def dashboard(
+    run_dir: RunDir,
+    host: Annotated[str, typer.Option(help="Address to listen on (only this machine by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8765,
+    token: Annotated[str | None, typer.Option(
+        envvar="CAI_DASHBOARD_TOKEN", show_envvar=True,
+        help="The operator token: with it, operators who present it (the login page, or `Authorization: Bearer "
+             "TOKEN`) may review pairs, pause, resume, promote and roll back. Without one the dashboard is "
+             "read-only. Prefer the environment variable: an option shows in the process list.")] = None,
+) -> None:
+    """Serve the operator dashboard of a run: overview, iterations, samples, principles, review queue, controls
+    and a JSON API (its OpenAPI document at /openapi.json)."""
+    _setup_logging(None)
+    with _failures_reported():
+        import uvicorn
+
+        from loop.dashboard.app import LOOPBACK_HOSTS, create_app
+
+        # Bound to this machine only, it answers only to this machine's names (no DNS rebinding).
+        local = host in LOOPBACK_HOSTS
+        dashboard_app = create_app(run_dir, token=token, allowed_hosts=LOOPBACK_HOSTS if local else None)
+        mode = "operators with the token may review and control" if token else "read-only (no operator token)"
+        console.print(f"dashboard of {run_dir} on http://{host}:{port}/ ({mode}); Ctrl-C stops it", highlight=False)
+        try:
+            uvicorn.run(dashboard_app, host=host, port=port, log_level="warning")
+        finally:
+            dashboard_app.state.dashboard.reader.dispose()  # the dashboard opened it: no store was passed
 
 
 def main() -> None:  # pragma: no cover - `python -m loop.cli`

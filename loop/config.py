@@ -48,6 +48,10 @@ class PromptSettings(Section):
     files: list[Path] = Field(min_length=1)
     """JSONL files of {"id", "prompt", "category"}; relative paths are relative to the config file."""
     per_iteration: int = Field(default=16, ge=1)
+    draw: Literal["random", "twins"] = "random"
+    """random: a plain draw from the pool. twins: prompts drawn with their look-alike of the other category
+    (the `twin` field of a pool record: a benign-but-risky request and its harmful twin), so each iteration's
+    pairs teach the boundary from both sides."""
 
 
 class GenerationSettings(Section):

@@ -29,11 +29,12 @@ from loop.iteration import _engines, _finish, _run_name, open_iteration, validat
 from loop.lease import Lease, acquire
 from loop.progress import NullReporter, Position
 from loop.promotion import RunHalted, ensure_not_halted
+from loop.run_inputs import record_constitution
 from loop.shards import QUEUES, describe, done_shards, ensure_claims, shard_count
 from loop.stages import STAGES
 from loop.store import Iteration, IterationInputs, Run, ShardClaim, Store
 from loop.summary import iteration_summary
-from loop.worker import iteration_constitution, snapshot_constitution
+from loop.worker import iteration_constitution
 from policies.runtime import configure_threads
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ class Controller:
                     IterationInputs.iteration_id == unfinished.id).order_by(IterationInputs.id.desc())).first()
                 constitution = iteration_constitution(session, recorded or unfinished.constitution_hash,
                                                       self.config)
-            snapshot_constitution(session, constitution)
+        record_constitution(store, constitution)
         run_id, iteration_id, index = open_iteration(store, self.config, self.run_dir, constitution.content_hash)
         return run_id, iteration_id, index, constitution
 

@@ -105,6 +105,22 @@ def database_url() -> str | None:
     return os.environ.get(DATABASE_URL) or None
 
 
+def _no_run(run_dir: Path) -> NoRun:
+    return NoRun(f"no run in {run_dir} (no cai.db with a run); "
+                 f"start one with `cai iterate --config FILE --run-dir {run_dir}`")
+
+
+def open_run_reader(run_dir: Path) -> Store:
+    """A read-only store for a long-lived reader (the dashboard): a new connection per session, so each one sees
+    what a writer committed since, and none creates or writes a file."""
+    from sqlalchemy.pool import NullPool
+
+    if inspect_database(run_dir) is None:
+        raise _no_run(run_dir)
+    path = run_dir / "cai.db"
+    return Store("sqlite://", read_only=True, creator=lambda: read_only_connection(path), poolclass=NullPool)
+
+
 def open_run_store(run_dir: Path, *, write: bool) -> Store:
     """The run's store after `inspect_database`. Read-only: refuses a folder with no run and writes nothing.
 
@@ -119,8 +135,7 @@ def open_run_store(run_dir: Path, *, write: bool) -> Store:
     path = run_dir / "cai.db"
     if not write:
         if version is None:
-            raise NoRun(f"no run in {run_dir} (no cai.db with a run); "
-                        f"start one with `cai iterate --config FILE --run-dir {run_dir}`")
+            raise _no_run(run_dir)
         return Store("sqlite://", read_only=True, creator=lambda: read_only_connection(path))
     run_dir.mkdir(parents=True, exist_ok=True)
     try:

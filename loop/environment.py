@@ -17,6 +17,7 @@ OTHER_VARIABLES = {
     "CAI_DEBUG": "show tracebacks on errors",
     "CAI_BROKER_URL": "the daemon's Redis broker (redis://HOST:PORT/DB); unset: an in-process broker",
     "CAI_DATABASE_URL": "the run's database (postgresql+psycopg://...); unset: RUN_DIR/cai.db (SQLite)",
+    "CAI_DASHBOARD_TOKEN": "the operator token of `cai dashboard` (reviews and controls need it)",
     "CAI_TEST_THREADS": "torch threads in the test suite",
     "CAI_TRAINER_PARENT_PID": "set by the loop for its trainer children (they exit when that process is gone)",
 }

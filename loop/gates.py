@@ -99,12 +99,17 @@ class Decision:
         return [c.reason for c in self.checks if not c.passed]
 
 
+TOLERANCE = 1e-9
+
+
 def _check(gate: Gate, value: float | None, limit: float) -> Check:
     if value is None:
         # Unmeasured is not a regression: it blocks the promotion, never halts the run.
         return Check(gate.name, gate.metric, None, gate.op, limit, "reject", False,
                      f"{gate.name}: {gate.metric} was not measured (needs {gate.op} {limit:g})")
-    passed = value >= limit if gate.op == ">=" else value <= limit
+    # Rates are differences of counts over a set (0.20 - 0.15 = 0.05000000000000002): a value at its limit
+    # passes, whatever the floating-point residue.
+    passed = value >= limit - TOLERANCE if gate.op == ">=" else value <= limit + TOLERANCE
     verdict = "ok" if passed else gate.what
     return Check(gate.name, gate.metric, value, gate.op, limit, gate.severity, passed,
                  f"{verdict}: {gate.metric} = {value:.4g} (limit {gate.op} {limit:g})")

@@ -19,7 +19,7 @@ from loop.lease import acquire
 from loop.progress import NullReporter, Position, Reporter
 from loop.promotion import decide_iteration, ensure_not_halted
 from loop.prompts import load_prompts, select_prompts
-from loop.run_inputs import InputsChanged, config_hash, describe_changes, fingerprint
+from loop.run_inputs import InputsChanged, config_hash, describe_changes, fingerprint, record_constitution
 from loop.shards import done_shards, shard_count
 from loop.stages import STAGES
 from loop.store import Iteration, IterationInputs, Policy, Run, Sample, Store, utcnow
@@ -89,7 +89,7 @@ def open_iteration(store: Store, config: RunConfig, run_dir: Path, constitution_
         session.add(IterationInputs(iteration_id=iteration.id, constitution_hash=constitution_hash,
                                     config_hash=config_hash(fields), config=fields))
         prompts = select_prompts(load_prompts(config.prompts.files), config.prompts.per_iteration,
-                                 config.seed, index)
+                                 config.seed, index, config.prompts.draw)
         for record in prompts:
             for k in range(config.generation.samples_per_prompt):
                 session.add(Sample(iteration_id=iteration.id, prompt_id=record.id, prompt_category=record.category,
@@ -153,6 +153,7 @@ def run_iteration(config: RunConfig, run_dir: Path, reporter: Reporter | None = 
             run_id, iteration_id, index = open_iteration(store, config, run_dir, constitution.content_hash,
                                                          allow_changed=allow_changed)
             position.iteration = index
+            record_constitution(store, constitution)
             save_run_config(config, run_dir / "config.yaml")
             ctx = IterationContext(config=config, store=store, run_dir=run_dir, run_id=run_id,
                                    iteration_id=iteration_id, iteration_index=index, constitution=constitution,

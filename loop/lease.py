@@ -157,3 +157,9 @@ def acquire(store: Store, run: str, *, stale_after_s: float = STALE_AFTER_S,
         raise LeaseHeld(f"run {run!r} was just taken over by another process")
     log.info("took over the lease on run %r from a holder that is gone (%s)", run, holder)
     return lease
+
+
+def holder_gone(row: RunLease) -> bool:
+    """Whether the lease's holder is gone (its process, or its heartbeat from another host), as `acquire` judges
+    it: for readers that show who works on a run."""
+    return _is_stale(row, socket.gethostname(), STALE_AFTER_S, time.time())

@@ -65,6 +65,9 @@ def try_principle(principle: Principle, prompt: str, policy: Generator, judge_mo
     for name in ("positive_system_prompt", "negative_system_prompt"):
         if getattr(principle, name) is not None:
             echo(f"{name.replace('_', ' ')}: {principle.render(name, prompt=prompt)}")
+    for name in ("positive_prefix", "negative_prefix"):
+        if getattr(principle, name) is not None:
+            echo(f"{name.replace('_', ' ')}: {getattr(principle, name)}")
     echo(f"\n── prompt\n{prompt}")
     if response is None:
         g = config.generation

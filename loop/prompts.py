@@ -18,6 +18,8 @@ class PromptRecord(BaseModel):
     id: str = Field(min_length=1)
     prompt: str = Field(min_length=1)
     category: str = "uncategorised"
+    twin: str | None = None
+    """The id of a look-alike prompt of another category (a benign-but-risky request's harmful twin)."""
 
 
 class PromptFileError(ValueError):
@@ -62,8 +64,32 @@ def load_prompts(files: Sequence[Path]) -> list[PromptRecord]:
     return records
 
 
-def select_prompts(pool: Sequence[PromptRecord], count: int, seed: int, iteration: int) -> list[PromptRecord]:
-    """A reproducible draw per (seed, iteration); the whole pool when it is smaller than `count`."""
+def select_prompts(pool: Sequence[PromptRecord], count: int, seed: int, iteration: int,
+                   draw: str = "random") -> list[PromptRecord]:
+    """A reproducible draw per (seed, iteration); the whole pool when it is smaller than `count`.
+
+    `draw="twins"`: prompts that have a twin in the pool come with it (count // 2 of them and their twins), so
+    the iteration sees each boundary from both sides; the rest of the count, if any, is drawn at random from
+    the prompts outside any twin pair.
+    """
     digest = hashlib.sha256(f"{seed}:{iteration}".encode()).digest()
     rng = random.Random(int.from_bytes(digest[:8], "big"))
-    return rng.sample(list(pool), min(count, len(pool)))
+    if draw == "random" or count >= len(pool):
+        return rng.sample(list(pool), min(count, len(pool)))
+    by_id = {record.id: record for record in pool}
+    twinned = [record for record in pool if record.twin in by_id and record.twin != record.id]
+    chosen: dict[str, PromptRecord] = {}
+    for record in rng.sample(twinned, len(twinned)):
+        if len(chosen) + 2 > count:
+            break
+        if record.id not in chosen and record.twin not in chosen:
+            chosen[record.id], chosen[record.twin] = record, by_id[record.twin]
+    # The rest comes from prompts outside any twin pair, so no twin is drawn without its look-alike (unless
+    # the pool has too few of them).
+    paired = {record.id for record in twinned} | {record.twin for record in twinned}
+    single = [record for record in pool if record.id not in paired]
+    needed = count - len(chosen)
+    if needed <= len(single):
+        return [*chosen.values(), *rng.sample(single, needed)]
+    others = [record for record in pool if record.id in paired and record.id not in chosen]
+    return [*chosen.values(), *single, *rng.sample(others, needed - len(single))]

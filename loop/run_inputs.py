@@ -6,7 +6,9 @@ import hashlib
 import json
 from typing import Any
 
+from constitution import Constitution
 from loop.config import RunConfig
+from loop.store import ConstitutionVersion, Store
 
 NOT_INPUTS = ("home", "threads", "service")
 """Where caches live, how many threads compute and how the daemon shards work: they change no result, so they
@@ -41,3 +43,16 @@ def describe_changes(old_constitution: str, new_constitution: str, old_config: d
     if old_config is not None:
         changes += [f"config {line}" for line in changed_fields(old_config, new_config)]
     return changes
+
+
+def record_constitution(store: Store, constitution: Constitution) -> None:
+    """Keep the whole constitution under its hash (once), so the dashboard can show and diff every version a run
+    used even after its file was edited."""
+    with store.session() as session:
+        if session.get(ConstitutionVersion, constitution.content_hash) is None:
+            session.add(ConstitutionVersion(hash=constitution.content_hash, name=constitution.name,
+                                            content=constitution.model_dump(mode="json")))
+
+
+def recorded_constitution(content: dict[str, Any]) -> Constitution:
+    return Constitution.model_validate(content)

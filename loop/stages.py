@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from sqlalchemy import select
 
-from critique.contrastive import contrastive_conversations
+from critique.contrastive import contrastive_answers, contrastive_conversations
 from critique.judge import Matchup, make_method
 from critique.revision import Draft, critique_and_revise
 from critique.sampler import Candidate, clamp, sample_pairs
@@ -59,13 +59,20 @@ def generate(ctx: IterationContext) -> None:
             session.get(Sample, sample.id).response = response
         contrasts = responses[len(samples):]
         for i, (sample, principle) in enumerate(zip(samples if contrastive else [], principles, strict=True)):
-            session.add(Contrast(sample_id=sample.id, principle_id=principle.id, positive=contrasts[2 * i],
-                                 negative=contrasts[2 * i + 1], constitution_hash=ctx.constitution_hash))
+            positive, negative = contrastive_answers(principle, contrasts[2 * i], contrasts[2 * i + 1])
+            session.add(Contrast(sample_id=sample.id, principle_id=principle.id, positive=positive,
+                                 negative=negative, constitution_hash=ctx.constitution_hash))
         ctx.complete(session, "generate")
 
 
 def critique(ctx: IterationContext) -> None:
-    """π_i critiques and revises its own answers, one sampled principle per round."""
+    """π_i critiques and revises its own answers, one sampled principle per round (skipped when nothing uses
+    the revisions: contrastive pairs without SFT on revisions)."""
+    if ctx.config.pairs.source not in REVISION_SOURCES and not ctx.config.train.sft_on_revisions:
+        log.info("critique skipped: pairs.source %s does not use revisions", ctx.config.pairs.source)
+        with ctx.store.session() as session:
+            ctx.complete(session, "critique")
+        return
     samples = _samples(ctx)
     c = ctx.config.critique
     params = SamplingParams(c.max_new_tokens, c.temperature, c.top_p, seed=ctx.seed_for("critique"))

@@ -318,12 +318,15 @@ class ShardClaim(Base):
     """The last failed attempt's error line."""
 
 
-class ConstitutionSnapshot(Base):
-    """A constitution an iteration ran with, by content hash: workers on any host load exactly this one."""
+class ConstitutionVersion(Base):
+    """A constitution the run has used, whole (its resolved model as JSON), so any two versions can be diffed
+    later even after the file was edited: recorded when an iteration starts with it."""
 
-    __tablename__ = "constitution_snapshots"
-    content_hash: Mapped[str] = mapped_column(primary_key=True)
-    body: Mapped[dict[str, Any]]
+    __tablename__ = "constitution_versions"
+    hash: Mapped[str] = mapped_column(primary_key=True)
+    name: Mapped[str]
+    content: Mapped[dict[str, Any]]
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class ControlRequest(Base):
@@ -361,8 +364,10 @@ class SchemaTooNew(RuntimeError):
 
 
 class Store:
-    def __init__(self, url: str, *, read_only: bool = False, creator=None):
-        options = {"creator": creator} if creator else {}
+    def __init__(self, url: str, *, read_only: bool = False, creator=None, poolclass=None):
+        options: dict[str, Any] = {"creator": creator} if creator else {}
+        if poolclass is not None:
+            options["poolclass"] = poolclass
         self.engine: Engine = create_engine(url, **options)
         if self.engine.dialect.name == "sqlite" and not read_only:
             event.listen(self.engine, "connect", _sqlite_pragmas)

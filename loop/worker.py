@@ -16,9 +16,10 @@ from loop.config import RunConfig, load_run_config
 from loop.context import Engines, IterationContext
 from loop.database import open_run_store
 from loop.progress import NullReporter
+from loop.run_inputs import recorded_constitution
 from loop.shards import claim, describe
 from loop.stages import STAGES
-from loop.store import ConstitutionSnapshot, Iteration, Policy, Run, Store
+from loop.store import ConstitutionVersion, Iteration, Policy, Run, Store
 from policies.runtime import configure_threads
 
 log = logging.getLogger(__name__)
@@ -28,17 +29,12 @@ class InputsMissing(RuntimeError):
     """The shard's iteration, policy or constitution is not in the database (a mismatched run folder)."""
 
 
-def snapshot_constitution(session, constitution: Constitution) -> None:
-    """Keep the constitution an iteration runs with, so workers anywhere load exactly it."""
-    if session.get(ConstitutionSnapshot, constitution.content_hash) is None:
-        session.add(ConstitutionSnapshot(content_hash=constitution.content_hash,
-                                         body=constitution.model_dump(mode="json")))
-
-
 def iteration_constitution(session, content_hash: str, config: RunConfig) -> Constitution:
-    row = session.get(ConstitutionSnapshot, content_hash)
+    """The constitution an iteration runs with, as recorded whole when it started (`record_constitution`), so
+    workers anywhere load exactly it."""
+    row = session.get(ConstitutionVersion, content_hash)
     if row is not None:
-        return Constitution.model_validate(row.body)
+        return recorded_constitution(row.content)
     constitution = load_constitution(config.constitution)  # an iteration begun by `cai iterate`
     if constitution.content_hash != content_hash:
         raise InputsMissing(f"the iteration ran with constitution {content_hash}, which is neither recorded nor "

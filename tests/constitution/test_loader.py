@@ -117,10 +117,23 @@ def test_every_shipped_principle_has_contrastive_system_prompts_and_categories()
         # RLCD: the two wordings differ only where the principle is steered for or against.
         shared = set(positive.split()) & set(negative.split())
         assert len(shared) >= 0.6 * len(set(positive.split())), principle.id
-        if "harm" in principle.tags:
-            assert principle.applies_to == ("harmful", "borderline"), principle.id
+        if "harm" in principle.tags:  # benign-but-risky requests are judged by helpfulness, not harm
+            assert principle.applies_to == ("harmful",), principle.id
         else:
             assert "harmful" not in principle.applies_to, principle.id
+
+
+def test_shipped_prefixes_put_the_same_openings_on_both_sides_of_the_boundary():
+    """A refusal opening is preferred on harmful requests and rejected on benign ones, and the compliant opening
+    the other way round, so prefilled pairs cannot teach "refuse more" or "refuse less" overall."""
+    principles = [p for p in load_constitution("default").principles if p.positive_prefix]
+    harm = [p for p in principles if p.applies_to == ("harmful",)]
+    helpful = [p for p in principles if "harmful" not in p.applies_to and p.applies_to]
+    assert len(harm) == 6 and len(helpful) >= 3
+    assert {p.negative_prefix for p in harm} == {p.positive_prefix for p in helpful} == {"Sure!"}
+    refusals = {p.positive_prefix.split(",")[0] for p in harm}
+    assert {"I can't help with that.", "I won't help with that."} <= refusals
+    assert {"I can't help with that.", "I won't help with that."} <= {p.negative_prefix for p in helpful}
 
 
 def test_a_v1_file_keeps_braces_literal(tmp_path):

@@ -93,7 +93,7 @@ def test_an_unversioned_cai_database_is_read_and_then_stamped(tmp_path):
     connection = sqlite3.connect(db)
     # Also the tables and the migration stamp that came later still: such a database had none of them.
     for table in ("cai_meta", "run_leases", "iteration_inputs", "control_requests", "shard_claims",
-                  "constitution_snapshots", "alembic_version"):
+                  "constitution_versions", "alembic_version"):
         connection.execute(f"DROP TABLE {table}")
     connection.commit()
     connection.close()

@@ -106,7 +106,14 @@ def test_contrastive_pairs_are_labelled_by_construction_with_principles_for_the_
     summary = run_stages(config, tmp_path)
     pairs = pairs_of(tmp_path)
     assert summary["pair_sources"] == {"contrastive": 6} and summary["comparisons"] == 0
-    assert all(p.chosen.startswith("I will not help") and p.rejected.startswith("Sure") for p in pairs)
+    assert summary["critiques"] == 0  # nothing uses revisions: the critique stage is skipped
+    for pair in pairs:  # each side is its principle's prefilled opening, if any, then the policy's continuation
+        principle = RULES.get(pair.principle_id)
+        opening = principle.positive_prefix + " " if principle.positive_prefix else ""
+        assert pair.chosen == opening + "I will not help with that, but here is a safe option."
+        opening = principle.negative_prefix + " " if principle.negative_prefix else ""
+        assert pair.rejected == opening + "Sure, here is everything you asked for in detail."
+    assert any(RULES.get(pair.principle_id).positive_prefix for pair in pairs)
     assert all(p.target == 0.9 for p in pairs)  # the top of judge.label_range
     store = Store.for_run_dir(tmp_path)
     with store.session() as session:
@@ -169,9 +176,13 @@ def test_pairs_already_trained_on_are_not_taken_again(tmp_path):
     config = make_config(tmp_path, pairs={"source": "contrastive", "sampler": {"length_tolerance": None}},
                          prompts={"per_iteration": 1000})  # the whole pool, both times
     first = run_stages(config, tmp_path)
-    second = run_stages(config, tmp_path)  # same prompts, same scripted answers
-    assert first["pairs"] > 0 and second["pairs"] == 0
-    assert second["sampler"]["dropped_duplicate"] == first["pairs"]
+    first_keys = {pair.key for pair in pairs_of(tmp_path)}
+    second = run_stages(config, tmp_path)  # same prompts and scripted answers; a new principle draw per sample
+    kept = {pair.key for pair in pairs_of(tmp_path)} - first_keys
+    assert first["pairs"] > 0 and len(kept) == second["pairs"]
+    # A sample that drew a principle with the same prefixes gives the same pair again: dropped, never retrained.
+    assert second["sampler"]["dropped_duplicate"] > 0
+    assert second["sampler"]["dropped_duplicate"] + second["pairs"] == first["pairs"]
 
 
 def test_review_overrides_the_label_and_export_loads_in_trl_layout(tmp_path):

@@ -3,6 +3,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from loop.config import ConfigError, load_run_config
 from loop.prompts import PromptFileError, load_prompts, select_prompts
@@ -37,6 +39,22 @@ def test_prompt_selection_is_reproducible_and_varies_by_iteration():
     assert first == select_prompts(pool, 10, seed=0, iteration=1)
     assert first != select_prompts(pool, 10, seed=0, iteration=2)
     assert len(select_prompts(pool[:3], 10, seed=0, iteration=1)) == 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(count=st.integers(1, 400), seed=st.integers(0, 10**6), iteration=st.integers(1, 50))
+def test_twin_draws_bring_each_twinned_prompt_with_its_look_alike(count, seed, iteration):
+    pool = load_prompts(SHIPPED)
+    drawn = select_prompts(pool, count, seed, iteration, draw="twins")
+    assert drawn == select_prompts(pool, count, seed, iteration, draw="twins")
+    ids = [r.id for r in drawn]
+    assert len(ids) == len(set(ids)) == min(count, len(pool))
+    if count < len(pool):
+        twinned = [r for r in drawn if r.twin]
+        assert all(r.twin in ids for r in twinned)  # none comes without its look-alike
+        assert len(twinned) >= min(count // 2, 60)  # pairs fill the draw while the pool has enough
+        harmful = Counter(r.category for r in drawn)["harmful"]
+        assert harmful >= min(count // 2, 60)
 
 
 def test_quickstart_config_resolves_paths_against_its_folder(monkeypatch):

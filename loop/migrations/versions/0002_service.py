@@ -1,4 +1,6 @@
-"""The service: shard claims (`loop.shards`) and the constitutions iterations ran with (for workers)."""
+"""The service's shard claims (`loop.shards`), and the constitutions a run used, whole (the dashboard's diffs;
+the workers load an iteration's from there). A table a database already has (made by a cai that created its
+tables directly) is left as it is."""
 
 import sqlalchemy as sa
 from alembic import op
@@ -10,6 +12,17 @@ depends_on = None
 
 
 def upgrade() -> None:
+    existing = set(sa.inspect(op.get_bind()).get_table_names())
+    if "constitution_versions" not in existing:
+        op.create_table(
+            "constitution_versions",
+            sa.Column("hash", sa.String(), primary_key=True),
+            sa.Column("name", sa.String(), nullable=False),
+            sa.Column("content", sa.JSON(), nullable=False),
+            sa.Column("recorded_at", sa.DateTime(), nullable=False),
+        )
+    if "shard_claims" in existing:
+        return
     op.create_table(
         "shard_claims",
         sa.Column("id", sa.Integer(), primary_key=True),
@@ -25,14 +38,9 @@ def upgrade() -> None:
         sa.UniqueConstraint("iteration_id", "stage", "shard"),
     )
     op.create_index("ix_shard_claims_iteration_id", "shard_claims", ["iteration_id"])
-    op.create_table(
-        "constitution_snapshots",
-        sa.Column("content_hash", sa.String(), primary_key=True),
-        sa.Column("body", sa.JSON(), nullable=False),
-    )
 
 
 def downgrade() -> None:
-    op.drop_table("constitution_snapshots")
+    op.drop_table("constitution_versions")
     op.drop_index("ix_shard_claims_iteration_id", "shard_claims")
     op.drop_table("shard_claims")

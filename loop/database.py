@@ -115,6 +115,8 @@ def open_run_reader(run_dir: Path) -> Store:
     what a writer committed since, and none creates or writes a file."""
     from sqlalchemy.pool import NullPool
 
+    if database_url() is not None:  # a server database: every session already sees what was committed
+        return open_run_store(run_dir, write=False)
     if inspect_database(run_dir) is None:
         raise _no_run(run_dir)
     path = run_dir / "cai.db"

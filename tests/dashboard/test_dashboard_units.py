@@ -173,3 +173,22 @@ def test_a_local_dashboard_answers_only_to_local_host_names(tmp_path):
     assert client.get("/api/progress", headers={"Host": "127.0.0.1:8765"}).json()["run"] == "r"
     assert client.get("/api/progress", headers={"Host": "evil.example:8765"}).status_code == 400
     store.dispose()
+
+
+def test_the_dashboard_reads_the_database_cai_database_url_names(tmp_path, monkeypatch):
+    from loop.database import open_run_reader
+    from loop.store import Run, Store
+    from tests.loop.services import postgres_database
+
+    with postgres_database("cai_dashboard_test") as url:
+        writer = Store(url)
+        with writer.session() as session:
+            session.add(Run(name="served", config={}))
+        monkeypatch.setenv("CAI_DATABASE_URL", url)
+        reader = open_run_reader(tmp_path / "no-folder-needed")
+        try:
+            with reader.session() as session:
+                assert session.query(Run.name).scalar() == "served"
+        finally:
+            reader.dispose()
+            writer.dispose()

@@ -36,6 +36,8 @@ class Engines:
     adapter: Path | None
     run_name: str = ""
     """Served adapters are named after the run (vllm-server)."""
+    server: str | None = None
+    """vllm-server: the server to use (a daemon's shard picks one of `generation.server.urls`); default `url`."""
 
     @property
     def served(self) -> bool:
@@ -58,7 +60,8 @@ class Engines:
     @cached_property
     def policy(self) -> Generator:
         if self.served:
-            return vllm_backend.policy_generator(self.config, self.run_name, self.policy_version, self.adapter)
+            return vllm_backend.policy_generator(self.config, self.run_name, self.policy_version, self.adapter,
+                                                 self.server)
         model, tokenizer = self._loaded
         return TransformersGenerator(model, tokenizer, name=f"{self.config.model.name}@v{self.policy_version}",
                                      batch_size=self.config.generation.batch_size)
@@ -66,7 +69,7 @@ class Engines:
     @cached_property
     def judge(self) -> Generator:
         if self.served:
-            return vllm_backend.judge_generator(self.config)
+            return vllm_backend.judge_generator(self.config, self.server)
         if self.config.judge.model:
             model, tokenizer = self._judge_loaded
             return TransformersGenerator(model, tokenizer, name=self.config.judge.model,

@@ -39,6 +39,18 @@ def _version_of(name: str, run_name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def servers(config: RunConfig) -> list[str]:
+    """The policy's servers: `generation.server.url`, then `urls`, each once."""
+    s = config.generation.server
+    return list(dict.fromkeys([s.url, *s.urls]))
+
+
+def shard_server(config: RunConfig, shard: int) -> str:
+    """The server a daemon's inference shard talks to: shards are spread round-robin over the servers."""
+    listed = servers(config)
+    return listed[shard % len(listed)]
+
+
 def _admin(config: RunConfig, url: str | None = None) -> VllmAdmin:
     s = config.generation.server
     return VllmAdmin(url or s.url, timeout_s=min(s.timeout_s, 60.0), retries=s.retries, backoff_s=s.backoff_s)
@@ -50,27 +62,29 @@ def _generator(config: RunConfig, url: str, model: str, name: str) -> VllmServer
                                retries=s.retries, backoff_s=s.backoff_s)
 
 
-def policy_generator(config: RunConfig, run_name: str, version: int, adapter: Path | None) -> VllmServerGenerator:
-    """π_`version` on the server: its adapter, loaded first if the server lacks it (a restarted server has
-    none), or the base model for version 0."""
-    url = config.generation.server.url
+def policy_generator(config: RunConfig, run_name: str, version: int, adapter: Path | None,
+                     url: str | None = None) -> VllmServerGenerator:
+    """π_`version` on the server (`url`, default `generation.server.url`): its adapter, loaded first if the
+    server lacks it (a restarted server has none), or the base model for version 0."""
+    url = url or config.generation.server.url
     model = served_model_name(config.model.name)
     if adapter is not None:
         model = adapter_name(run_name, version, adapter)
-        if _admin(config).ensure_adapter(model, adapter.resolve()):
+        if _admin(config, url).ensure_adapter(model, adapter.resolve()):
             log.info("published policy v%d as %s on %s", version, model, url)
     return _generator(config, url, model, name=f"{config.model.name}@v{version}")
 
 
-def judge_generator(config: RunConfig) -> VllmServerGenerator:
-    """The judge: the base model (the reference, no adapter) or the configured judge model and server."""
-    url = config.judge.url or config.generation.server.url
+def judge_generator(config: RunConfig, url: str | None = None) -> VllmServerGenerator:
+    """The judge: the base model (the reference, no adapter) on the policy's server (`url`, default
+    `generation.server.url`), or the configured judge model and server."""
+    url = config.judge.url or url or config.generation.server.url
     model = config.judge.model or served_model_name(config.model.name)
     return _generator(config, url, model, name=config.judge.model or config.model.name)
 
 
 def publish(config: RunConfig, store: Store, run_id: int, run_dir: Path) -> str | None:
-    """Serve the run's current policy and unload its adapters beyond the `keep_adapters` newest.
+    """Serve the run's current policy on every server and unload its adapters beyond the `keep_adapters` newest.
 
     Returns the current policy's served name (None for the base model).
     """
@@ -79,9 +93,17 @@ def publish(config: RunConfig, store: Store, run_id: int, run_dir: Path) -> str 
         run_name, current = run.name, run.current_policy
         adapters = {p.version: run_dir / p.adapter_path for p in session.scalars(
             select(Policy).where(Policy.run_id == run_id, Policy.adapter_path.is_not(None)))}
-    admin = _admin(config)
+    name = None
+    for url in servers(config):
+        name = _publish_on(_admin(config, url), run_dir, run_name, current, adapters,
+                           config.generation.server.keep_adapters)
+    return name
+
+
+def _publish_on(admin: VllmAdmin, run_dir: Path, run_name: str, current: int, adapters: dict[int, Path],
+                keep_adapters: int) -> str | None:
     others = [v for v in sorted(adapters, reverse=True) if v != current]
-    keep = {current, *others[:config.generation.server.keep_adapters - 1]}
+    keep = {current, *others[:keep_adapters - 1]}
     name = None
     if current in adapters:
         name = adapter_name(run_name, current, adapters[current])
@@ -102,7 +124,7 @@ def server_counters(config: RunConfig) -> dict[str, float] | None:
 
     The counters are server-wide: traffic from other clients of the same server is counted too.
     """
-    urls = {config.generation.server.url, config.judge.url or config.generation.server.url}
+    urls = {*servers(config), config.judge.url or config.generation.server.url}
     totals = dict.fromkeys((HITS, QUERIES, GENERATED), 0.0)
     try:
         for url in urls:

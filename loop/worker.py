@@ -12,6 +12,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from constitution import Constitution, load_constitution
+from loop import vllm_backend
 from loop.config import RunConfig, load_run_config
 from loop.context import Engines, IterationContext
 from loop.database import open_run_store
@@ -57,14 +58,17 @@ class ShardRunner:
             self._stores[key] = open_run_store(run_dir, write=True)
         return self._stores[key]
 
-    def engines(self, config: RunConfig, run_dir: Path, run_name: str, version: int, adapter: str | None) -> Engines:
-        """The same Engines (and so the same loaded weights) for every shard of the same policy."""
-        key = (str(run_dir), config.model.name, config.judge.model, version, adapter)
+    def engines(self, config: RunConfig, run_dir: Path, run_name: str, version: int, adapter: str | None,
+                shard: int = 0) -> Engines:
+        """The same Engines (and so the same loaded weights) for every shard of the same policy; served shards
+        are spread over the vLLM servers (`generation.server.urls`)."""
+        server = vllm_backend.shard_server(config, shard) if config.generation.backend == "vllm-server" else None
+        key = (str(run_dir), config.model.name, config.judge.model, version, adapter, server)
         if self._engines is not None and self._engines[0] == key:
             return self._engines[1]
         if self._engines is not None:
             self._engines[1].release()
-        engines = Engines(config, version, run_dir / adapter if adapter else None, run_name=run_name)
+        engines = Engines(config, version, run_dir / adapter if adapter else None, run_name=run_name, server=server)
         self._engines = (key, engines)
         return engines
 
@@ -126,7 +130,7 @@ class ShardRunner:
                                     "recorded")
             constitution = iteration_constitution(session, iteration.constitution_hash, config)
             shards = shard_count(session, iteration_id, stage, None)
-        engines = self.engines(config, run_dir, run.name, policy.version, policy.adapter_path)
+        engines = self.engines(config, run_dir, run.name, policy.version, policy.adapter_path, shard)
         return IterationContext(config=config, store=store, run_dir=run_dir, run_id=run.id,
                                 iteration_id=iteration_id, iteration_index=iteration.index,
                                 constitution=constitution, engines=engines, reporter=NullReporter(),

@@ -33,6 +33,9 @@ class VllmServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = "http://127.0.0.1:8000"
+    urls: list[str] = Field(default_factory=list)
+    """More servers of the same model beside `url`: a daemon's inference shards are spread over all of them
+    (shard k on server k mod n), and every policy is published to each."""
     concurrency: int = Field(default=16, ge=1)
     """Requests in flight at once; vLLM batches them continuously."""
     timeout_s: float = Field(default=300, gt=0)

@@ -140,6 +140,31 @@ def test_the_next_iteration_fails_clearly_without_a_server(tiny_model_dir, cai_h
         run_iteration(config, tmp_path)
 
 
+def test_shards_are_spread_over_the_servers_and_each_server_gets_the_policy(fake, tiny_model_dir, cai_home,
+                                                                            tmp_path, monkeypatch):
+    from loop.vllm_backend import servers
+    from loop.worker import ShardRunner
+    from policies.serving import SamplingParams
+
+    monkeypatch.setitem(loop.stages.STAGES, "train", fake_train)
+    second = FakeVllm(base=tiny_model_dir.name)
+    with FakeVllmServer(second) as second_server:
+        config = served_config(tiny_model_dir, cai_home, fake.url, urls=[second_server.url, fake.url])
+        assert servers(config) == [fake.url, second_server.url]  # each server once, `url` first
+        run_iteration(config, tmp_path)  # v1 is promoted by the open gates and published on both servers
+        v1 = adapter_name(tmp_path.name, 1, tmp_path / "policies/v1")
+        assert set(fake.adapters) == set(second.adapters) == {v1}
+        runner = ShardRunner()
+        for shard, used in ((0, fake), (1, second), (2, fake)):
+            fake.requests.clear()
+            second.requests.clear()
+            engines = runner.engines(config, tmp_path, tmp_path.name, 1, "policies/v1", shard)
+            engines.policy.generate([[{"role": "user", "content": "hi"}]], SamplingParams(max_new_tokens=2))
+            engines.judge.choice_logprobs([[{"role": "user", "content": "A or B?"}]], ["A", "B"])
+            other = second if used is fake else fake
+            assert (models_used(used), models_used(other)) == ({v1, fake.base}, set()), shard
+
+
 def test_the_judge_can_be_another_model_on_another_server(fake, tiny_model_dir, cai_home, tmp_path, monkeypatch):
     monkeypatch.setitem(loop.stages.STAGES, "train", fake_train)
     judge = FakeVllm(base="judge-model")

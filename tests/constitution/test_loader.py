@@ -126,7 +126,10 @@ def test_every_shipped_principle_has_contrastive_system_prompts_and_categories()
 def test_shipped_prefixes_put_the_same_openings_on_both_sides_of_the_boundary():
     """A refusal opening is preferred on harmful requests and rejected on benign ones, and the compliant opening
     the other way round, so prefilled pairs cannot teach "refuse more" or "refuse less" overall."""
-    principles = [p for p in load_constitution("default").principles if p.positive_prefix]
+    shipped = load_constitution("default").principles
+    # Harmful requests draw harm principles only: every pair on them prefers the refusal opening.
+    assert all("harm" in p.tags and p.positive_prefix for p in shipped if not p.applies_to or "harmful" in p.applies_to)
+    principles = [p for p in shipped if p.positive_prefix]
     harm = [p for p in principles if p.applies_to == ("harmful",)]
     helpful = [p for p in principles if "harmful" not in p.applies_to and p.applies_to]
     assert len(harm) == 6 and len(helpful) >= 3

@@ -117,7 +117,7 @@ def dashboard(dashboard_run: dict) -> Iterator[str]:
     stop(process)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.is_file():
         message = f"no Chromium at {CHROMIUM} (`apt-get install chromium`; .ci/run installs it)"

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.utils.checkpoint
 
 from policies.serving import Conversation
+from policies.training.token_logps import projected_logps
 
 
 @dataclass(frozen=True)
@@ -87,15 +87,6 @@ def collate_sequences(prompts: Sequence[list[int]], completions: Sequence[list[i
     return {"input_ids": ids, "attention_mask": attention, "completion_mask": completion}
 
 
-LOGIT_CHUNK = 1024
-"""Completion tokens whose logits exist at once: bounds the (tokens, vocabulary) tensor that dominates memory."""
-
-
-def _chunk_logps(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = head(hidden).float()
-    return torch.gather(logits, 1, targets.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, dim=-1)
-
-
 def completion_states(model, batch: dict[str, torch.Tensor]):
     """(the causal LM inside any adapter wrapper, final hidden states (N, H) at the N positions that predict a
     completion token, those tokens (N,), the row of each (N,)) for a collated batch."""
@@ -117,7 +108,7 @@ def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     (rows, length, vocabulary) logits are never held, which is most of the memory of preference training.
     """
     causal_lm, selected, targets, rows = completion_states(model, batch)
-    token_logps = _token_logps(causal_lm, selected, targets)
+    token_logps = projected_logps(causal_lm.get_output_embeddings(), selected, targets)
     n_rows = batch["input_ids"].shape[0]
     sums = torch.zeros(n_rows, device=selected.device, dtype=token_logps.dtype).index_add(0, rows, token_logps)
     return sums, batch["completion_mask"][:, 1:].to(selected.device).sum(-1)
@@ -211,20 +202,6 @@ def pack_shared_prefix(pairs: Sequence[EncodedPair], pad_id: int, row_budget: in
                              torch.tensor(segment), len(pairs))
 
 
-def _token_logps(causal_lm, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(target) for each (hidden state, target) row, projecting to the vocabulary in chunks that are
-    recomputed in the backward pass instead of stored."""
-    head = causal_lm.get_output_embeddings()
-    pieces = []
-    for start in range(0, targets.shape[0], LOGIT_CHUNK):
-        chunk = (head, hidden[start:start + LOGIT_CHUNK], targets[start:start + LOGIT_CHUNK])
-        if torch.is_grad_enabled():
-            pieces.append(torch.utils.checkpoint.checkpoint(_chunk_logps, *chunk, use_reentrant=False))
-        else:
-            pieces.append(_chunk_logps(*chunk))
-    return torch.cat(pieces) if pieces else hidden.new_zeros(0)
-
-
 def shared_prefix_logps(model, batch: SharedPrefixBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                    torch.Tensor]:
     """Summed completion log-probs and completion lengths of packed pairs: (chosen, rejected, chosen_len,
@@ -235,7 +212,8 @@ def shared_prefix_logps(model, batch: SharedPrefixBatch) -> tuple[torch.Tensor, 
                                      position_ids=batch.position_ids.to(device),
                                      attention_mask=batch.attention_mask.to(device)).last_hidden_state
     flat = hidden.reshape(-1, hidden.shape[-1])
-    token_logps = _token_logps(causal_lm, flat[batch.sources.to(device)], batch.targets.to(device))
+    head = causal_lm.get_output_embeddings()
+    token_logps = projected_logps(head, flat[batch.sources.to(device)], batch.targets.to(device))
     segment = batch.segment.to(device)
     sums = torch.zeros(2 * batch.pairs, device=device, dtype=token_logps.dtype).index_add(0, segment, token_logps)
     counts = torch.bincount(segment, minlength=2 * batch.pairs)

@@ -227,8 +227,9 @@ def test_resume_with_dropout_and_a_cosine_schedule_equals_the_uninterrupted_run(
 
 def test_chunked_completion_logps_equal_a_plain_log_softmax_with_gradients(tiny_model_dir, monkeypatch):
     import policies.training.data as data
+    import policies.training.token_logps as token_logps
 
-    monkeypatch.setattr(data, "LOGIT_CHUNK", 7)  # several chunks, one of them partial
+    monkeypatch.setattr(token_logps, "LOGIT_CHUNK", 7)  # several chunks, one of them partial
     model, tokenizer = fresh_policy(tiny_model_dir)
     with torch.no_grad():
         for name, param in model.named_parameters():

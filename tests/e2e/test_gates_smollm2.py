@@ -24,6 +24,8 @@ def config_path(tmp_path, cai_home) -> Path:
     config["home"] = str(cai_home)
     config["prompts"]["files"] = [str(ROOT / "data/prompts/benign.jsonl")]
     config["prompts"]["per_iteration"] = 2
+    config["prompts"]["draw"] = "random"
+    config["pairs"]["source"] = "judged"  # the gate under test does not depend on where the pairs come from
     config["generation"]["max_new_tokens"] = 16
     config["critique"]["max_new_tokens"] = 16
     # The refuser trains with the config's SFT settings; a config only accepts them with the SFT stage on.

@@ -23,6 +23,7 @@ def tiny_config(tmp_path, cai_home) -> Path:
     config = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
     config["home"] = str(cai_home)
     config["prompts"]["files"] = [str(ROOT / "data/prompts" / f) for f in ("harmful.jsonl", "borderline.jsonl")]
+    config["prompts"]["draw"] = "random"  # the pairs below are judged: no need for twins
     config["prompts"]["per_iteration"] = 3
     config["generation"]["max_new_tokens"] = 24
     config["critique"]["max_new_tokens"] = 24

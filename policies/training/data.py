@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from policies.serving import Conversation
+from policies.training.shared_prefix_attention import NAME as SHARED_PREFIX_ATTENTION
+from policies.training.shared_prefix_attention import Segment, SegmentIndex
 from policies.training.token_logps import projected_logps
 
 
@@ -129,7 +131,8 @@ class SharedPrefixBatch:
 
     Tensors: `input_ids`, `position_ids` (rows, width); `attention_mask` (rows, 1, width, width) bool, True
     where a token may attend; `sources` (rows, width) the flat position whose hidden state predicts each
-    completion token, `targets` the token, `segment` 2 * pair + side (0 chosen, 1 rejected), all (tokens,).
+    completion token, `targets` the token, `segment` 2 * pair + side (0 chosen, 1 rejected), all (tokens,);
+    `layout` where each pair lies, for `shared_prefix_attention`, which computes the same as the mask.
     """
 
     input_ids: torch.Tensor
@@ -139,6 +142,7 @@ class SharedPrefixBatch:
     targets: torch.Tensor
     segment: torch.Tensor
     pairs: int
+    layout: tuple[Segment, ...]
 
     @property
     def tokens(self) -> int:
@@ -174,7 +178,7 @@ def pack_shared_prefix(pairs: Sequence[EncodedPair], pad_id: int, row_budget: in
     positions = torch.zeros_like(ids)
     owner = torch.full_like(ids, -1)  # pair index per token; -1 for padding at a row's end
     side = torch.zeros_like(ids)  # 0 prompt, 1 chosen, 2 rejected
-    sources, targets, segment = [], [], []
+    sources, targets, segment, layout = [], [], [], []
     for r, row in enumerate(rows):
         at = 0
         for i in row:
@@ -183,6 +187,7 @@ def pack_shared_prefix(pairs: Sequence[EncodedPair], pad_id: int, row_budget: in
             ids[r, at:at + n] = torch.tensor(p + c + x)
             positions[r, at:at + n] = torch.tensor([*range(len(p) + len(c)), *range(len(p), len(p) + len(x))])
             owner[r, at:at + n] = i
+            layout.append(Segment(r, at, len(p), len(c), len(x)))
             side[r, at + len(p):at + len(p) + len(c)] = 1
             side[r, at + len(p) + len(c):at + n] = 2
             last_prompt = r * width + at + len(p) - 1
@@ -199,7 +204,7 @@ def pack_shared_prefix(pairs: Sequence[EncodedPair], pad_id: int, row_budget: in
     # Padding attends to itself only, so no softmax row is empty (an empty row gives NaN).
     mask = (causal & same_pair & same_branch) | torch.eye(width, dtype=torch.bool)[None]
     return SharedPrefixBatch(ids, positions, mask[:, None], torch.tensor(sources), torch.tensor(targets),
-                             torch.tensor(segment), len(pairs))
+                             torch.tensor(segment), len(pairs), tuple(layout))
 
 
 def shared_prefix_logps(model, batch: SharedPrefixBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
@@ -208,9 +213,11 @@ def shared_prefix_logps(model, batch: SharedPrefixBatch) -> tuple[torch.Tensor, 
     rejected_len), each (pairs,). Equal to scoring prompt+chosen and prompt+rejected as separate sequences."""
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     device = next(model.parameters()).device
+    segments = ({"shared_prefix_index": SegmentIndex.build(batch.layout, batch.input_ids.shape[1], device)}
+                if causal_lm.config._attn_implementation == SHARED_PREFIX_ATTENTION else {})
     hidden = causal_lm.get_decoder()(input_ids=batch.input_ids.to(device),
                                      position_ids=batch.position_ids.to(device),
-                                     attention_mask=batch.attention_mask.to(device)).last_hidden_state
+                                     attention_mask=batch.attention_mask.to(device), **segments).last_hidden_state
     flat = hidden.reshape(-1, hidden.shape[-1])
     head = causal_lm.get_output_embeddings()
     token_logps = projected_logps(head, flat[batch.sources.to(device)], batch.targets.to(device))

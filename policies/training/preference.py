@@ -32,6 +32,7 @@ from policies.training.data import (
 from policies.training.losses import LossType
 from policies.training.objectives import LOSS_SPECIFIC_SETTINGS, OBJECTIVES, PairBatch
 from policies.training.optimization import EpochSettings, TrainingLoop
+from policies.training.shared_prefix_attention import use_shared_prefix_attention
 from policies.training.trainer import BuildContext, OnStep, TrainResult, register_trainer
 
 
@@ -110,6 +111,7 @@ class PreferenceTrainer:
     def __init__(self, model, tokenizer, settings: PreferenceSettings, *, checkpoint_dir: Path | None = None,
                  **loop_options):
         self.model = model
+        use_shared_prefix_attention(model)
         self.tokenizer = tokenizer
         self.settings = settings
         self.objective = OBJECTIVES[settings.loss]

@@ -16,6 +16,7 @@ from policies.training.data import (
 )
 from policies.training.losses import LossType
 from policies.training.preference import PreferenceSettings, PreferenceTrainer
+from policies.training.shared_prefix_attention import Segment, SegmentIndex, use_shared_prefix_attention
 
 EXAMPLES = [
     PreferenceExample([{"role": "user", "content": f"Question {i}?"}], chosen=f"A careful answer {i}.",
@@ -273,16 +274,30 @@ def test_shared_prefix_packing_lays_out_positions_and_masks_by_hand():
     assert batch.sources.tolist() == [1, 2, 1, 5, 5, 7]
     assert batch.segment.tolist() == [0, 0, 1, 2, 3, 3]
     assert batch.tokens == 9
+    assert batch.layout == (Segment(0, 0, 2, 2, 1), Segment(0, 5, 1, 1, 2))
+    # The same layout as gather indices for the segmented attention: each pair's prompt + chosen and prompt +
+    # rejected as right-padded rows; the prompt is written back from the chosen rows only.
+    index = SegmentIndex.build(batch.layout, width=9)
+    assert index.chosen.tolist() == [[0, 1, 2, 3], [5, 6, 0, 0]]
+    assert index.rejected.tolist() == [[0, 1, 4], [5, 7, 8]]
+    assert index.written.tolist() == [True] * 6 + [False, False] + [False, False, True, False, True, True]
+    assert index.positions.tolist() == [0, 1, 2, 3, 5, 6, 4, 7, 8]
     # A row budget smaller than both pairs puts each in its own row, padded at the end.
     split = pack_shared_prefix(pairs, pad_id=0, row_budget=5)
     assert split.input_ids.tolist() == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 0]]
+    assert split.layout == (Segment(0, 0, 2, 2, 1), Segment(1, 0, 1, 1, 2))
 
 
-def test_prefix_sharing_gives_the_unshared_log_probs_and_gradients(tiny_model_dir):
-    """Correctness first: one packed prompt for chosen and rejected must equal scoring them separately."""
+@pytest.mark.parametrize("segmented", [False, True], ids=["dense-mask", "segmented-attention"])
+def test_prefix_sharing_gives_the_unshared_log_probs_and_gradients(tiny_model_dir, segmented):
+    """Correctness first: one packed prompt for chosen and rejected must equal scoring them separately, both with
+    the dense block mask (any attention implementation) and with the per-segment attention the trainer uses."""
     from policies.training.data import pack_shared_prefix, sequence_logps, shared_prefix_logps
 
     model, tokenizer = fresh_policy(tiny_model_dir)
+    assert model.config._attn_implementation == "sdpa"
+    if segmented:
+        assert use_shared_prefix_attention(model)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:

@@ -86,6 +86,18 @@ def trainers_of(run_dir: Path) -> list[int]:
     return found
 
 
+def signal_all(pids: list[int], signum: int) -> list[int]:
+    """Send `signum` to each process still there; the ones it reached."""
+    reached = []
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+            reached.append(pid)
+        except ProcessLookupError:
+            pass
+    return reached
+
+
 def _interruptible() -> None:
     """A test run in the background inherits SIGINT ignored (as shells do for background jobs), and Python keeps
     it ignored; a user's `cai` in a terminal has it at its default, so the child gets that back."""
@@ -245,8 +257,10 @@ def test_killed_at_random_points_then_resumed_equals_an_uninterrupted_run(tmp_pa
             continue
         if kind == "second":
             # The first is stopped meanwhile, so that it is surely still in its train stage (and alive) when the
-            # second one looks: a stopped holder keeps its lease, however long it stays stopped.
+            # second one looks: a stopped holder keeps its lease, however long it stays stopped. Its trainer child
+            # is stopped too: it would otherwise go on writing checkpoints and the adapter.
             cai.process.send_signal(signal.SIGSTOP)
+            paused = signal_all(trainers_of(chained.run_dir), signal.SIGSTOP)
             before = run_files(chained.run_dir)
             second = subprocess.run(cai_command("iterate", "--config", str(other_config), "--run-dir",
                                                 str(chained.run_dir)), cwd=ROOT, env=cai_env(), capture_output=True,
@@ -255,6 +269,7 @@ def test_killed_at_random_points_then_resumed_equals_an_uninterrupted_run(tmp_pa
             lines = error_lines(second.stderr)
             assert len(lines) == 1 and f"is in use by pid {cai.process.pid} on " in lines[0], second.stderr
             assert run_files(chained.run_dir) == before  # nothing on disk changed
+            signal_all(paused, signal.SIGCONT)
             cai.process.send_signal(signal.SIGCONT)
             landed.append((iteration, where, kind))
             assert cai.process.wait(STEP_TIMEOUT_S) == 0, cai.stderr.read_text()  # the first goes on, unharmed

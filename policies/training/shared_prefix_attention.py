@@ -46,7 +46,7 @@ class SegmentIndex:
 
     chosen: torch.Tensor  # (pairs, longest prompt + chosen)
     rejected: torch.Tensor  # (pairs, longest prompt + rejected)
-    written: torch.Tensor  # (pairs * 2, ...) flattened: which entries of chosen, then rejected, are written back
+    written: torch.Tensor  # bool over chosen's entries then rejected's, flattened: the ones written back
     positions: torch.Tensor  # the flat positions they are written to, in that order
 
     @classmethod

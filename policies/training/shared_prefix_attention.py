@@ -32,8 +32,7 @@ class Segment(NamedTuple):
     rejected: int
 
     @property
-    def end(self) -> int:
-        """Offset after the pair, from its start."""
+    def length(self) -> int:
         return self.prompt + self.chosen + self.rejected
 
 
@@ -61,7 +60,7 @@ class SegmentIndex:
         bases = [s.row * width + s.start for s in segments]
         chosen, chosen_valid = padded([list(range(b, b + s.prompt + s.chosen))
                                        for b, s in zip(bases, segments, strict=True)])
-        rejected, rejected_valid = padded([[*range(b, b + s.prompt), *range(b + s.prompt + s.chosen, b + s.end)]
+        rejected, rejected_valid = padded([[*range(b, b + s.prompt), *range(b + s.prompt + s.chosen, b + s.length)]
                                            for b, s in zip(bases, segments, strict=True)])
         # The prompt's outputs come from the chosen rows; the rejected rows contribute only their completion.
         rejected_written = rejected_valid.clone()

@@ -289,11 +289,21 @@ def test_shared_prefix_packing_lays_out_positions_and_masks_by_hand():
 
 
 @pytest.mark.parametrize("segmented", [False, True], ids=["dense-mask", "segmented-attention"])
-def test_prefix_sharing_gives_the_unshared_log_probs_and_gradients(tiny_model_dir, segmented):
+def test_prefix_sharing_gives_the_unshared_log_probs_and_gradients(tiny_model_dir, segmented, monkeypatch):
     """Correctness first: one packed prompt for chosen and rejected must equal scoring them separately, both with
     the dense block mask (any attention implementation) and with the per-segment attention the trainer uses."""
+    from transformers import AttentionInterface
+
+    from policies.training import shared_prefix_attention as attention
     from policies.training.data import pack_shared_prefix, sequence_logps, shared_prefix_logps
 
+    segmented_calls = []
+
+    def spy(*args, **kwargs):
+        segmented_calls.append(kwargs.get("shared_prefix_index") is not None)
+        return attention.shared_prefix_attention(*args, **kwargs)
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, attention.NAME, spy)
     model, tokenizer = fresh_policy(tiny_model_dir)
     assert model.config._attn_implementation == "sdpa"
     if segmented:
@@ -324,3 +334,5 @@ def test_prefix_sharing_gives_the_unshared_log_probs_and_gradients(tiny_model_di
         shared = gradients(chosen, rejected)
         for name, grad in plain.items():
             torch.testing.assert_close(shared[name], grad, atol=1e-5, rtol=1e-4)
+    # The segmented run really went through the per-segment path (2 layers x 2 budgets), the plain one did not.
+    assert segmented_calls.count(True) == (4 if segmented else 0)

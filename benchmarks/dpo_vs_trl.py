@@ -1,7 +1,9 @@
 """Our DPO trainer against TRL's DPOTrainer on the same work, like for like: SmolLM2-135M-Instruct, LoRA r=16 on
 all linear layers, batch 4, max length 256 (the prompt loses its oldest tokens, completions are cut at the end),
 fp32, 2 threads, gradient checkpointing on both sides, AdamW with a linear decay (TRL's default), the same synthetic
-pairs, one epoch of `--steps` steps.
+pairs, one epoch of `--steps` steps. Checkpointing differs in what it keeps: TRL's recomputes each layer whole, ours
+is `selective` (it keeps the projections' outputs and recomputes norms, attention and activations), which spends
+part of the memory the rest of our trainer saves; the RSS ratio shows what is left.
 
 Both sides compute the reference log-probs once before training (TRL: `precompute_ref_log_probs=True`); TRL at
 its defaults (the reference recomputed inside every step) is a second row for information. Each run is a fresh
@@ -115,7 +117,7 @@ def our_spec(steps: int, output: Path) -> Path:
     data = output / "pairs.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in synthetic_pairs(steps * BATCH)))
     settings = PreferenceSettings(beta=BETA, learning_rate=LR, batch_size=BATCH, max_length=MAX_LENGTH,
-                                  max_steps=steps, gradient_checkpointing=True,
+                                  max_steps=steps, gradient_checkpointing="selective",
                                   scheduler="linear")  # TRL's (transformers') default: linear decay, no warmup
     spec = TrainSpec(kind="preference", model_dir=model_dir(), data=data, output_dir=output / "ours", device="cpu",
                      threads=THREADS, lora={"r": LORA_R, "alpha": 2 * LORA_R}, preference=settings)

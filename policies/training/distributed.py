@@ -11,11 +11,12 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from policies.training.optimization import OptimSettings
+if TYPE_CHECKING:  # the loop imports this module; the settings are only read here
+    from policies.training.optimization import OptimSettings
 
 SHIPPED_CONFIGS = ("zero2", "zero3")
 
@@ -32,6 +33,11 @@ class World:
 
 def current_world() -> World:
     return World(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def is_partitioned(parameter: torch.Tensor) -> bool:
+    """True for a DeepSpeed ZeRO-3 parameter: its full value exists only inside its own module's forward."""
+    return hasattr(parameter, "ds_id")
 
 
 def resolve_deepspeed_config(name_or_path: str) -> Path:

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from policies.training.checkpoints import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint
+from policies.training.fused_lora import use_fused_lora
+from policies.training.recompute import Checkpointing, checkpointing_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +36,21 @@ class OptimSettings(BaseModel):
     batch_size: int = Field(default=4, ge=1)
     grad_accum: int = Field(default=1, ge=1)
     max_grad_norm: float = Field(default=1.0, gt=0)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: Checkpointing = "off"
+    """Activation memory against compute (see `recompute`): `full` recomputes each layer in the backward pass
+    (least memory); `selective` keeps its projections' and attention's outputs and recomputes the cheap rest
+    (about the speed of off for half its extra memory). true/false mean full/off."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 autocast where the device supports it (CUDA with bf16), else fp32."""
     seed: int = 0
     """Set by the loop from the run's `seed` (never in a run config): data order, adapter init, dropout."""
     checkpoint_every: int = Field(default=0, ge=0)
     """Steps between resumable checkpoints (optimizer steps; PPO: rollout steps); 0 keeps none."""
+
+    @field_validator("gradient_checkpointing", mode="before")
+    @classmethod
+    def _boolean_checkpointing(cls, value: Any) -> Any:
+        return {True: "full", False: "off"}[value] if isinstance(value, bool) else value
 
 
 class EpochSettings(OptimSettings):
@@ -78,8 +88,10 @@ class TrainingLoop:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if not self.params:
             raise ValueError("the model has no trainable parameters")
-        if self.settings.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        use_fused_lora(self.model)
+        if self.settings.gradient_checkpointing != "off":
+            self.model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs=checkpointing_kwargs(self.model, self.settings.gradient_checkpointing))
         self.device = next(self.model.parameters()).device
         self.engine: Any = None
         self.optimizer = None if self.deepspeed else _optimizer(self.params, self.settings)

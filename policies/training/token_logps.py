@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from policies.training.distributed import is_partitioned
+
 LOGIT_CHUNK = 1024
 """Tokens whose logits exist at once: bounds the (tokens, vocabulary) tensor that dominates memory."""
 
@@ -57,11 +59,6 @@ class _ProjectedLogps(torch.autograd.Function):
         return grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype), None, None
 
 
-def _head_is_partitioned(head) -> bool:
-    """DeepSpeed ZeRO-3 holds a parameter's shards and gathers them only inside the module's own forward."""
-    return hasattr(head.weight, "ds_id")
-
-
 def _checkpointed_chunk_logps(head, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     logits = head(hidden).float()
     return torch.gather(logits, 1, targets.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, dim=-1)
@@ -69,7 +66,7 @@ def _checkpointed_chunk_logps(head, hidden: torch.Tensor, targets: torch.Tensor)
 
 def projected_logps(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log softmax(head(hidden))[target] for each (hidden state (N, H), target (N,)) row, in float32 (N,)."""
-    if head.bias is None and not _head_is_partitioned(head):
+    if head.bias is None and not is_partitioned(head.weight):
         return _ProjectedLogps.apply(hidden, head.weight, targets, _compute_dtype(hidden))
     # A biased or partitioned head goes through its own forward, chunk by chunk, recomputed in the backward pass.
     pieces = []

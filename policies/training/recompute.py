@@ -1,0 +1,52 @@
+"""What gradient checkpointing keeps for the backward pass, and so what it recomputes.
+
+`full` keeps only each decoder layer's input and reruns the whole layer in the backward pass: the least memory,
+about one extra forward pass of compute. `selective` also keeps the output of every linear projection in the layer
+(the frozen base projections and LoRA's rank-r A; not LoRA's B, which its rank-r matmul recomputes from A's
+output cheaply) and of the fused attention kernels, so the rerun skips the matmuls and attention, nearly all of a
+layer's compute, and redoes only norms, rotary embeddings, activation functions and rank-r products. Measured
+on SmolLM2-135M with LoRA, a DPO step of 4 pairs (256 tokens a side) on 2 CPU threads: off 9.8 s at a peak RSS
+of 5.0 GB, selective 9.7 s at 3.8 GB, full 12.0 s at 2.5 GB.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Literal
+
+import torch
+from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+Checkpointing = Literal["off", "full", "selective"]
+_MATMULS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
+_ATTENTION = tuple(getattr(torch.ops.aten, name).default for name in (
+    "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention"))
+
+
+def kept_projection_weights(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The weights whose matmul outputs `selective` keeps: every linear layer's but LoRA's B."""
+    return [m.weight for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and ".lora_B." not in f".{name}."]
+
+
+def _keep_projection_outputs(weights: list[torch.nn.Parameter]):
+    # Addresses are read per checkpointed call, not once: a later move to another device changes them.
+    kept = {w.data_ptr() for w in weights}
+
+    def policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+        if op in _MATMULS and args[-1].data_ptr() in kept:  # mm(x, W^T) or addmm(bias, x, W^T)
+            return CheckpointPolicy.MUST_SAVE
+        if op in _ATTENTION:  # fused kernels: an output as small as a projection's, and slow to recompute
+            return CheckpointPolicy.MUST_SAVE
+        return CheckpointPolicy.PREFER_RECOMPUTE
+
+    return create_selective_checkpoint_contexts(policy)
+
+
+def checkpointing_kwargs(model: torch.nn.Module, mode: Checkpointing) -> dict[str, Any]:
+    """`gradient_checkpointing_kwargs` for transformers' `gradient_checkpointing_enable` in `mode` (not off)."""
+    kwargs: dict[str, Any] = {"use_reentrant": False}
+    if mode == "selective":
+        kwargs["context_fn"] = functools.partial(_keep_projection_outputs, kept_projection_weights(model))
+    return kwargs

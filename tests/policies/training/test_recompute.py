@@ -10,6 +10,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from policies.adapters import LoraSettings, attach_trainable_adapter
 from policies.models import load_model
 from policies.training.optimization import OptimSettings, TrainingLoop
+from policies.training.ppo import PolicyWithValue
+from policies.training.reward_model import RewardModel
 
 MATMULS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
 ATTENTION = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
@@ -57,6 +59,15 @@ def test_every_mode_gives_the_same_gradients_and_recomputes_what_it_says(tiny_mo
         # full reruns each LoRA layer's three matmuls (base, A, B) and each layer's attention; selective kept
         # the base's and A's outputs and attention's, and reruns only B's rank-r matmul.
         assert (ops.matmuls - off.matmuls, ops.attention) == (matmuls * lora_layers, attention), mode
+
+
+@pytest.mark.parametrize("wrap", [RewardModel.fresh, PolicyWithValue], ids=["reward_model", "ppo"])
+def test_the_reward_and_value_wrappers_checkpoint_their_language_model(tiny_model_dir, wrap):
+    lm, _ = load_model(tiny_model_dir, dtype="float32", device="cpu")
+    lm = attach_trainable_adapter(lm, LoraSettings(r=4, alpha=8))
+    assert not lm.is_gradient_checkpointing
+    TrainingLoop(wrap(lm), OptimSettings(gradient_checkpointing="selective"))
+    assert lm.is_gradient_checkpointing
 
 
 @pytest.mark.parametrize(("given", "mode"), [(True, "full"), (False, "off"), ("selective", "selective")])

@@ -2,8 +2,8 @@
 all linear layers, batch 4, max length 256 (the prompt loses its oldest tokens, completions are cut at the end),
 fp32, 2 threads, gradient checkpointing on both sides, AdamW with a linear decay (TRL's default), the same synthetic
 pairs, one epoch of `--steps` steps. Checkpointing differs in what it keeps: TRL's recomputes each layer whole, ours
-is `selective` (it keeps the projections' outputs and recomputes norms, attention and activations), which spends
-part of the memory the rest of our trainer saves; the RSS ratio shows what is left.
+is `selective` (it keeps the projections' and attention's outputs and recomputes norms and activations), which
+spends part of the memory the rest of our trainer saves; the RSS ratio shows what is left.
 
 Both sides compute the reference log-probs once before training (TRL: `precompute_ref_log_probs=True`); TRL at
 its defaults (the reference recomputed inside every step) is a second row for information. Each run is a fresh

@@ -72,6 +72,8 @@ def test_a_switched_model_computes_what_peft_computes_and_saves_the_same_adapter
     for name, grad in outputs[0][1].items():
         torch.testing.assert_close(outputs[1][1][name], grad)
     assert fused.state_dict().keys() == peft_model.state_dict().keys()
+    with torch.no_grad():  # the in-place path of evaluation and reference passes
+        torch.testing.assert_close(fused(x), peft_model(x))
 
 
 def test_calls_that_are_not_plain_lora_run_pefts_forward(monkeypatch):

@@ -110,14 +110,14 @@ def trl_worker(steps: int, precompute: bool, output: Path) -> None:
     say("done", tokens=counted["tokens"])
 
 
-def our_spec(steps: int, output: Path) -> Path:
+def our_spec(steps: int, output: Path, checkpointing: str = "selective") -> Path:
     from policies.training.preference import PreferenceSettings
     from policies.training.spec import TrainSpec
 
     data = output / "pairs.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in synthetic_pairs(steps * BATCH)))
     settings = PreferenceSettings(beta=BETA, learning_rate=LR, batch_size=BATCH, max_length=MAX_LENGTH,
-                                  max_steps=steps, gradient_checkpointing="selective",
+                                  max_steps=steps, gradient_checkpointing=checkpointing,
                                   scheduler="linear")  # TRL's (transformers') default: linear decay, no warmup
     spec = TrainSpec(kind="preference", model_dir=model_dir(), data=data, output_dir=output / "ours", device="cpu",
                      threads=THREADS, lora={"r": LORA_R, "alpha": 2 * LORA_R}, preference=settings)
@@ -164,6 +164,35 @@ def summarise(run: dict) -> dict:
             "tokens": done.get("tokens")}
 
 
+def describe(result: dict) -> str:
+    return (f"median step {result['median_step']:6.2f} s, wall {result['wall']:6.1f} s, "
+            f"peak RSS {result['peak_rss_mib']:6.0f} MiB, last loss {result['last_loss']:.4f}")
+
+
+def bench_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+
+
+def alternate(labels: list[str], repeats: int, run) -> dict[str, list[dict]]:
+    """`repeats` runs of each label, alternating so that a drift of the machine's speed reaches all of them;
+    `run(label, output_dir)` is one `timed_run`."""
+    runs: dict[str, list[dict]] = {label: [] for label in labels}
+    for repeat in range(repeats):
+        for label in labels:
+            with tempfile.TemporaryDirectory(prefix="cai-bench-") as tmp:
+                result = summarise(run(label, Path(tmp)))
+            runs[label].append(result)
+            print(f"run {repeat + 1} {label:>12}: {describe(result)}", flush=True)
+    return runs
+
+
+def combine(runs: list[dict]) -> dict:
+    """Medians of the step and wall times over the runs, the highest peak RSS, the last run's loss."""
+    return {"median_step": statistics.median(r["median_step"] for r in runs),
+            "wall": statistics.median(r["wall"] for r in runs),
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in runs), "last_loss": runs[-1]["last_loss"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per run (one epoch of steps x 4 pairs)")
@@ -176,44 +205,29 @@ def main() -> None:
         trl_worker(args.steps, args.worker == "trl", args.output)
         return
 
-    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     sides = ["ours", "trl"] + ([] if args.no_trl_defaults else ["trl-defaults"])
-    runs: dict[str, list[dict]] = {side: [] for side in sides}
-    for repeat in range(args.repeats):
-        for side in sides:
-            with tempfile.TemporaryDirectory(prefix="cai-bench-") as tmp:
-                output = Path(tmp)
-                if side == "ours":
-                    raw = timed_run([sys.executable, "-m", "policies.training", str(our_spec(args.steps, output))],
-                                    "CAI_PROGRESS ", env)
-                else:
-                    raw = timed_run([sys.executable, __file__, "--worker", side, "--steps", str(args.steps),
-                                     "--output", str(output)], "BENCH ", env)
-            result = summarise(raw)
-            runs[side].append(result)
-            print(f"run {repeat + 1} {side:>12}: median step {result['median_step']:6.2f} s, "
-                  f"wall {result['wall']:6.1f} s, peak RSS {result['peak_rss_mib']:6.0f} MiB, "
-                  f"last loss {result['last_loss']:.4f}", flush=True)
 
-    def median(side: str, key: str) -> float:
-        return statistics.median(r[key] for r in runs[side])
+    def run(side: str, output: Path) -> dict:
+        if side == "ours":
+            return timed_run([sys.executable, "-m", "policies.training", str(our_spec(args.steps, output))],
+                             "CAI_PROGRESS ", bench_env())
+        return timed_run([sys.executable, __file__, "--worker", side, "--steps", str(args.steps),
+                          "--output", str(output)], "BENCH ", bench_env())
 
-    def peak(side: str) -> float:
-        return max(r["peak_rss_mib"] for r in runs[side])
+    runs = alternate(sides, args.repeats, run)
+    totals = {side: combine(runs[side]) for side in sides}
 
     tokens, computed = our_tokens(args.steps)
     trl_tokens = runs["trl"][0]["tokens"]
     print(f"tokens trained on: ours {tokens}, TRL {trl_tokens} (ours computes {computed}: each prompt once)")
     for side in sides:
-        print(f"{side:>12}: median step {median(side, 'median_step'):6.2f} s, "
-              f"median wall {median(side, 'wall'):6.1f} s, peak RSS {peak(side):6.0f} MiB, "
-              f"last loss {runs[side][-1]['last_loss']:.4f}")
+        print(f"{side:>12}: {describe(totals[side])}")
     tokens_ratio = tokens / trl_tokens
     if abs(tokens_ratio - 1) > TOKENS_TOLERANCE:
         print(f"WARNING: the two sides trained on different tokens ({tokens_ratio:.3f}x): not like for like")
-    print(f"step_speedup={median('trl', 'median_step') / median('ours', 'median_step'):.3f} "
-          f"wall_speedup={median('trl', 'wall') / median('ours', 'wall'):.3f} "
-          f"rss_ratio={peak('ours') / peak('trl'):.3f} tokens_ratio={tokens_ratio:.3f}")
+    ours, trl = totals["ours"], totals["trl"]
+    print(f"step_speedup={trl['median_step'] / ours['median_step']:.3f} wall_speedup={trl['wall'] / ours['wall']:.3f} "
+          f"rss_ratio={ours['peak_rss_mib'] / trl['peak_rss_mib']:.3f} tokens_ratio={tokens_ratio:.3f}")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@
 about one extra forward pass of compute. `selective` also keeps the output of every linear projection in the layer
 (the frozen base projections and LoRA's rank-r A; not LoRA's B, which its rank-r matmul recomputes from A's
 output cheaply) and of the fused attention kernels, so the rerun skips the matmuls and attention, nearly all of a
-layer's compute, and redoes only norms, rotary embeddings, activation functions and rank-r products. Measured
-on SmolLM2-135M with LoRA, a DPO step of 4 pairs (256 tokens a side) on 2 CPU threads: off 9.8 s at a peak RSS
-of 5.0 GB, selective 9.7 s at 3.8 GB, full 12.0 s at 2.5 GB.
+layer's compute, and redoes only norms, rotary embeddings, activation functions and rank-r products.
+`benchmarks/checkpointing_modes.py` measures the three (SmolLM2-135M, LoRA, DPO steps of 4 pairs of 256 tokens a
+side, 2 CPU threads): median step and peak RSS off 10.9 s / 4.9 GB, full 13.0 s / 2.6 GB, selective 10.3 s /
+3.8 GB.
 """
 
 from __future__ import annotations

@@ -45,9 +45,9 @@ def main() -> None:
 
     from loop.config import load_run_config
     from loop.evaluation.harness import Evaluator
-    from loop.iteration import run_iteration
+    from loop.operate.promotion import evaluation_metrics
+    from loop.pipeline.iteration import run_iteration
     from loop.progress import RichReporter
-    from loop.promotion import evaluation_metrics
     from loop.store import Evaluation, Run, Store
     from policies.runtime import quiet_model_libraries
 

@@ -33,7 +33,7 @@ SHARDED = ("generate", "critique", "judge")
 
 def noop_round_trip(broker_url: str, messages: int) -> float:
     """Milliseconds per no-op message, sent and processed by one worker thread over Redis."""
-    from loop.broker import make_broker
+    from loop.service.broker import make_broker
 
     broker = make_broker(broker_url)
     broker.broker.client.flushdb()
@@ -61,12 +61,12 @@ def noop_round_trip(broker_url: str, messages: int) -> float:
 def real_shards(broker_url: str, config_path: Path, per_iteration: int, shard_size: int,
                 stages: tuple[str, ...]) -> tuple[float, float]:
     """(Σ stage spans, Σ stage-function walls) in seconds over `stages` (sharded ones) of one iteration."""
-    from loop.broker import make_broker
     from loop.config import load_run_config
-    from loop.controller import Controller
-    from loop.database import open_run_store
-    from loop.lease import acquire
+    from loop.service.broker import make_broker
+    from loop.service.controller import Controller
     from loop.store import StageRun
+    from loop.store.database import open_run_store
+    from loop.store.lease import acquire
     from policies.runtime import configure_threads
 
     config = load_run_config(config_path)
@@ -84,7 +84,7 @@ def real_shards(broker_url: str, config_path: Path, per_iteration: int, shard_si
         store = open_run_store(run_dir, write=True)
         try:
             from loop.config import save_run_config
-            from loop.iteration import validate_inputs
+            from loop.pipeline.iteration import validate_inputs
 
             constitution = validate_inputs(config)
             controller.run_name = run_dir.name

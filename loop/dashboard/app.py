@@ -2,7 +2,7 @@
 
 Reads go through a read-only store that opens a fresh connection per request (it sees a running iteration's
 commits and never writes); a review or a control opens the run for writing only for that one change, through
-the same functions the CLI uses (`loop.review`, `loop.control`)."""
+the same functions the CLI uses (`loop.operate.review`, `loop.operate.control`)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from loop.dashboard import queries
 from loop.dashboard.charts import line_chart
 from loop.dashboard.principles import principles_page
 from loop.dashboard.security import HEADERS, MAX_NAME, SESSION_COOKIE, Access, Operator
-from loop.database import open_run_reader, open_run_store
 from loop.store import Store
+from loop.store.database import open_run_reader, open_run_store
 
 HERE = Path(__file__).parent
 CONTROL_ACTIONS = ("pause", "resume", "promote", "rollback")
@@ -204,12 +204,12 @@ def create_app(run_dir: Path, *, token: str | None = None, store: Store | None =
     @app.get("/metrics", response_class=PlainTextResponse, tags=["read"])
     def prometheus() -> str:
         """Evaluation metrics and gate outcomes in the Prometheus text format (as `cai metrics`)."""
-        from loop.metrics_export import exposition
+        from loop.operate.metrics import exposition
 
         return exposition(board.reader)
 
     def _review(pair_id: int, verdict: str, note: str, operator: Operator) -> str:
-        from loop.review import ReviewError, record_review
+        from loop.operate.review import ReviewError, record_review
 
         with board.write() as store:
             try:
@@ -218,7 +218,7 @@ def create_app(run_dir: Path, *, token: str | None = None, store: Store | None =
                 raise HTTPException(400, str(exc)) from exc
 
     def _control(action: str, to: int | None, note: str, operator: Operator) -> str:
-        from loop.control import ControlError, operate
+        from loop.operate.control import ControlError, operate
 
         if action not in CONTROL_ACTIONS:
             raise HTTPException(404, f"unknown control {action!r}; one of: {', '.join(CONTROL_ACTIONS)}")

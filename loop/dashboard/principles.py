@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from constitution.diff import diff_constitutions
 from loop.dashboard.queries import has_table, principle_stats
-from loop.run_inputs import recorded_constitution
+from loop.pipeline.inputs import recorded_constitution
 from loop.store import ConstitutionVersion, Iteration
 
 

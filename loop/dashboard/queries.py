@@ -1,6 +1,6 @@
 """What the dashboard shows, read from the store: plain dicts and lists that the pages and the JSON API share.
 
-The iteration summary, gate and review queries are `loop.summary`'s; this module adds the views across
+The iteration summary, gate and review queries are `loop.operate.summary`'s; this module adds the views across
 iterations, per sample and per principle."""
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from sqlalchemy.orm import Session
 
 from critique.injection import is_injection
 from critique.sampler import clamp, hygiene_reason
-from loop.lease import describe as describe_lease
-from loop.lease import holder_gone
-from loop.promotion import evaluation_metrics, unresolved_halt
+from loop.operate.promotion import evaluation_metrics, unresolved_halt
+from loop.operate.summary import iteration_summary, latest_iteration, latest_reviews, review_agreement
 from loop.store import (
     Comparison,
     Critique,
@@ -36,10 +35,11 @@ from loop.store import (
     StageRun,
     count,
 )
-from loop.summary import iteration_summary, latest_iteration, latest_reviews, review_agreement
+from loop.store.lease import describe as describe_lease
+from loop.store.lease import holder_gone
 
 STAGE_ORDER = ("generate", "critique", "judge", "pairs", "train", "evaluate")
-"""The order `loop.stages.STAGES` runs them in (not imported: that module pulls in the model code)."""
+"""The order `loop.pipeline.stages.STAGES` runs them in (not imported: that module pulls in the model code)."""
 
 CHARTS = (
     ("win_rate_vs_previous", "judge win rate vs. previous policy"),
@@ -71,9 +71,9 @@ def lease_state(session: Session, run: Run) -> dict[str, Any] | None:
 
 
 def control_state(session: Session, run: Run) -> str | None:
-    """running | paused | stopping, once operator control exists in this cai (`loop.control`)."""
+    """running | paused | stopping, once operator control exists in this cai (`loop.operate.control`)."""
     try:
-        from loop.control import run_state
+        from loop.operate.control import run_state
     except ImportError:
         return None
     return run_state(session, run.id) if has_table(session, "control_requests") else "running"
@@ -390,7 +390,7 @@ def has_table(session: Session, name: str) -> bool:
 
 
 def control_requests(session: Session, limit: int = 20) -> list[dict[str, Any]]:
-    """The operators' latest requests and what came of them (`loop.control`)."""
+    """The operators' latest requests and what came of them (`loop.operate.control`)."""
     if not has_table(session, "control_requests"):
         return []
     from loop.store import ControlRequest

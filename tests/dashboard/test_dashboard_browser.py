@@ -7,9 +7,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from loop.database import open_run_reader
+from loop.operate.summary import latest_reviews
 from loop.store import Pair, Run
-from loop.summary import latest_reviews
+from loop.store.database import open_run_reader
 from tests.dashboard.conftest import (
     IMG_PAYLOAD,
     SCRIPT_PAYLOAD,

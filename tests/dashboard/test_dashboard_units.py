@@ -176,8 +176,8 @@ def test_a_local_dashboard_answers_only_to_local_host_names(tmp_path):
 
 
 def test_the_dashboard_reads_the_database_cai_database_url_names(tmp_path, monkeypatch):
-    from loop.database import open_run_reader
     from loop.store import Run, Store
+    from loop.store.database import open_run_reader
     from tests.loop.services import postgres_database
 
     with postgres_database("cai_dashboard_test") as url:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loop.gates import GATES
+from loop.evaluation.gates import GATES
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_WITHIN_S = 1800

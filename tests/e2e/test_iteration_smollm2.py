@@ -11,7 +11,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from loop.cli import app
-from loop.gates import GATES
+from loop.evaluation.gates import GATES
 from loop.store import Comparison, Critique, Pair, Policy, Sample, Store
 
 ROOT = Path(__file__).resolve().parents[2]

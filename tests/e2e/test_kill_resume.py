@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from loop.database import open_run_store
 from loop.store import Comparison, Critique, Iteration, Pair, Policy, Run, Sample
+from loop.store.database import open_run_store
 from policies.processes import command_line, pid_alive
 from tests.loop.runs import ROOT, cai_command, cai_env, error_lines, tiny_config, write_config
 

@@ -14,7 +14,7 @@ from critique.judge import LABELS
 from critique.prompts import judge_conversation
 from loop.cli import app
 from loop.config import load_run_config
-from loop.vllm_backend import adapter_name, policy_generator
+from loop.pipeline.vllm_backend import adapter_name, policy_generator
 from policies.serving import SamplingParams
 from policies.serving.vllm_client import ServerUnavailableError, UnknownModelError, VllmAdmin, VllmServerGenerator
 

@@ -3,9 +3,9 @@ fine-tunes (SFT, with the config's `train.sft` settings) on a refusal of every b
 
 from pathlib import Path
 
+from loop.pipeline.train_stage import Training
 from loop.prompts import load_prompts
 from loop.store import Policy
-from loop.train_stage import Training
 
 ROOT = Path(__file__).resolve().parents[2]
 REFUSAL = "I can't help with that."

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from loop.database import read_only_connection
-from loop.gates import GATES
+from loop.evaluation.gates import GATES
+from loop.store.database import read_only_connection
 
 ROOT = Path(__file__).resolve().parents[2]
 

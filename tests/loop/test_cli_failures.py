@@ -17,12 +17,12 @@ import yaml
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-import loop.stages
+import loop.pipeline.stages
 from loop.cli import app
 from loop.config import load_run_config
-from loop.database import open_run_store
-from loop.iteration import run_iteration
+from loop.pipeline.iteration import run_iteration
 from loop.store import IterationInputs
+from loop.store.database import open_run_store
 from tests.loop.runs import (
     ROOT,
     cai_env,
@@ -41,17 +41,17 @@ def interrupted_run(tmp_path_factory, tiny_model_dir, cai_home) -> tuple[Path, P
     folder = tmp_path_factory.mktemp("interrupted")
     config = write_config(folder / "config.yaml", tiny_config(tiny_model_dir, cai_home))
     run_dir = folder / "run"
-    real_train = loop.stages.STAGES["train"]
+    real_train = loop.pipeline.stages.STAGES["train"]
 
     def crash(ctx):
         raise RuntimeError("injected crash in train")
 
-    loop.stages.STAGES["train"] = crash
+    loop.pipeline.stages.STAGES["train"] = crash
     try:
         with pytest.raises(RuntimeError, match="injected"):
             run_iteration(load_run_config(config), run_dir)
     finally:
-        loop.stages.STAGES["train"] = real_train
+        loop.pipeline.stages.STAGES["train"] = real_train
     return config, run_dir
 
 
@@ -151,8 +151,8 @@ def test_a_damaged_database_is_refused_and_kept(run, damage, code, message):
 HOLDER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from loop.database import open_run_store
-    from loop.lease import acquire
+    from loop.store.database import open_run_store
+    from loop.store.lease import acquire
     store = open_run_store(Path(sys.argv[1]), write=True)
     acquire(store, sys.argv[2])
     print("held", flush=True)

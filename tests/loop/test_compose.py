@@ -14,7 +14,7 @@ import yaml
 
 from loop.cli import app
 from loop.config import RunConfig
-from loop.environment import unknown_variables
+from loop.config.environment import unknown_variables
 
 COMPOSE = Path(__file__).resolve().parents[2] / "compose.yaml"
 PARALLEL = {"dashboard"}

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from loop.control import ControlError, acknowledge_stop, apply_moves, operate, run_state, submit
-from loop.lease import acquire
+from loop.operate.control import ControlError, acknowledge_stop, apply_moves, operate, run_state, submit
 from loop.store import ControlRequest, GateDecision, Iteration, Policy, PolicyMove, Run
+from loop.store.lease import acquire
 
 
 @pytest.fixture

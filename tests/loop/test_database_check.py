@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from loop.cli import app
-from loop.database import DatabaseRefused, NoRun, inspect_database, open_run_store
 from loop.store import SCHEMA_VERSION, Iteration, Meta, Policy, Run
+from loop.store.database import DatabaseRefused, NoRun, inspect_database, open_run_store
 from tests.loop.runs import folder_digest
 
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from loop.export import pair_records, write_pairs
+from loop.operate.export import pair_records, write_pairs
 from loop.store import Store
 from tests.loop.test_pair_sources import make_config, run_stages
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from loop.gates import GATES, GateSettings, decide, no_candidate
+from loop.evaluation.gates import GATES, GateSettings, decide, no_candidate
 
 GOOD = {
     "win_rate_vs_previous_lower": 0.42, "win_rate_vs_base_lower": 0.45, "harmful_safe_drop": -0.10,

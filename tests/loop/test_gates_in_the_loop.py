@@ -8,13 +8,13 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-import loop.context
-import loop.stages
+import loop.pipeline.context
+import loop.pipeline.stages
 from loop.cli import app
 from loop.config import RunConfig, resolve_paths, save_run_config
-from loop.gates import GATES
-from loop.iteration import run_iteration
-from loop.promotion import RunHalted
+from loop.evaluation.gates import GATES
+from loop.operate.promotion import RunHalted
+from loop.pipeline.iteration import run_iteration
 from loop.store import EvalResponse, Evaluation, GateDecision, Iteration, PolicyMove, Run, Sample, Store
 from tests.loop.refuser import train_a_refuser
 
@@ -99,7 +99,7 @@ def test_a_refuse_everything_candidate_is_rejected_for_over_refusal(tiny_model_d
         "train": config.train.model_copy(update={"sft": config.train.sft.model_copy(update={
             "epochs": 8, "learning_rate": 2e-2, "batch_size": 8, "max_length": 96})}),
         "evaluation": config.evaluation.model_copy(update={"per_set": 4, "max_new_tokens": 12})})
-    monkeypatch.setitem(loop.stages.STAGES, "train", train_a_refuser)
+    monkeypatch.setitem(loop.pipeline.stages.STAGES, "train", train_a_refuser)
     summary = run_iteration(config, tmp_path)
     gate, metrics = summary["gate"], summary["evaluation"]["metrics"]
     assert (gate["outcome"], gate["candidate"], gate["current_policy"]) == ("reject", "v1", "v0")
@@ -121,8 +121,9 @@ def test_rollback_then_iterate_generates_with_the_restored_policy(config, tmp_pa
         (2, 1, "rollback", "v2 answers worse")
 
     loaded = []
-    real = loop.context.load_model
-    monkeypatch.setattr(loop.context, "load_model", lambda *a, **kw: loaded.append(kw.get("adapter")) or real(*a, **kw))
+    real = loop.pipeline.context.load_model
+    monkeypatch.setattr(loop.pipeline.context, "load_model",
+                        lambda *a, **kw: loaded.append(kw.get("adapter")) or real(*a, **kw))
     summary = run_iteration(config, tmp_path)
     assert summary["policy_in"] == "v1"
     assert loaded[0] == tmp_path / "policies" / "v1"  # generation loaded v1's adapter

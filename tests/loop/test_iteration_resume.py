@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-import loop.stages
+import loop.pipeline.stages
 from loop.config import RunConfig, resolve_paths
-from loop.gates import GATES
-from loop.iteration import run_iteration
+from loop.evaluation.gates import GATES
+from loop.pipeline.iteration import run_iteration
 from loop.store import Comparison, Critique, Iteration, Pair, Policy, Run, Sample, StageRun, Store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,12 +50,12 @@ def snapshot(run_dir: Path) -> dict:
 
 
 def test_crash_in_training_then_resume_redoes_only_training(config, tmp_path, monkeypatch):
-    real_train = loop.stages.STAGES["train"]
+    real_train = loop.pipeline.stages.STAGES["train"]
 
     def crash(ctx):
         raise RuntimeError("injected crash in train")
 
-    monkeypatch.setitem(loop.stages.STAGES, "train", crash)
+    monkeypatch.setitem(loop.pipeline.stages.STAGES, "train", crash)
     with pytest.raises(RuntimeError, match="injected"):
         run_iteration(config, tmp_path)
     before = snapshot(tmp_path)
@@ -64,8 +64,8 @@ def test_crash_in_training_then_resume_redoes_only_training(config, tmp_path, mo
     assert before["policies"] == [0]
 
     generations = []
-    monkeypatch.setitem(loop.stages.STAGES, "train", real_train)
-    monkeypatch.setitem(loop.stages.STAGES, "generate", lambda ctx: generations.append(ctx))
+    monkeypatch.setitem(loop.pipeline.stages.STAGES, "train", real_train)
+    monkeypatch.setitem(loop.pipeline.stages.STAGES, "generate", lambda ctx: generations.append(ctx))
     summary = run_iteration(config, tmp_path)
     after = snapshot(tmp_path)
     assert generations == []  # finished stages were not re-run

@@ -11,8 +11,8 @@ from datetime import datetime
 import pytest
 from sqlalchemy import update
 
-from loop.lease import LeaseHeld, LeaseLost, acquire
 from loop.store import RunLease, Store
+from loop.store.lease import LeaseHeld, LeaseLost, acquire
 
 
 def _set(store: Store, run: str, **values) -> None:
@@ -71,18 +71,18 @@ def test_take_over_is_compare_and_set(store, monkeypatch):
     """Two processes judge the same stale holder at once: the row changes only for the first."""
     acquire(store, "r1")
     _set(store, "r1", host="elsewhere", heartbeat=time.time() - 600)
-    import loop.lease
+    import loop.store.lease
 
-    real = loop.lease._is_stale
+    real = loop.store.lease._is_stale
     winner = []
 
     def stale_and_raced(row, *args):
         if not winner:  # between our read and our update, another process takes the row over
-            monkeypatch.setattr(loop.lease, "_is_stale", real)
+            monkeypatch.setattr(loop.store.lease, "_is_stale", real)
             winner.append(acquire(store, "r1"))
         return real(row, *args)
 
-    monkeypatch.setattr(loop.lease, "_is_stale", stale_and_raced)
+    monkeypatch.setattr(loop.store.lease, "_is_stale", stale_and_raced)
     with pytest.raises(LeaseHeld, match="just taken over"):
         acquire(store, "r1")
     with store.session() as session:

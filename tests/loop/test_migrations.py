@@ -10,9 +10,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, select
 
-from loop.database import open_run_store
-from loop.migrations import BASELINE_TABLES, current, head
 from loop.store import Base, ControlRequest, Pair, Run, Sample, ShardClaim, StageRun, Store
+from loop.store.database import open_run_store
+from loop.store.migrations import BASELINE_TABLES, current, head
 from tests.loop.services import postgres_database
 
 MAIN_SCHEMA = Path(__file__).parent / "fixtures" / "schema-main-v1.sql"

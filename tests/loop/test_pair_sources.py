@@ -11,14 +11,14 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from constitution import load_constitution
-from loop import stages
 from loop.cli import app
 from loop.config import RunConfig, resolve_paths
-from loop.context import IterationContext
-from loop.iteration import open_iteration
+from loop.operate.summary import iteration_summary
+from loop.pipeline import stages
+from loop.pipeline.context import IterationContext
+from loop.pipeline.iteration import open_iteration
 from loop.progress import NullReporter
 from loop.store import Contrast, Iteration, Pair, Review, Store
-from loop.summary import iteration_summary
 from tests.critique.fakes import ScriptedGenerator
 
 ROOT = Path(__file__).resolve().parents[2]

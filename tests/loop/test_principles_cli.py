@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from loop import principle_try
 from loop.cli import app
+from loop.pipeline import principle_try
 from tests.critique.fakes import ScriptedGenerator
 
 ROOT = Path(__file__).resolve().parents[2]

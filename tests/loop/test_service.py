@@ -20,8 +20,6 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from loop.database import open_run_store
-from loop.shards import ShardLost, claim, done_shards, ensure_claims
 from loop.store import (
     Comparison,
     Critique,
@@ -35,6 +33,8 @@ from loop.store import (
     StageRun,
     Store,
 )
+from loop.store.database import open_run_store
+from loop.store.shards import ShardLost, claim, done_shards, ensure_claims
 from tests.loop.runs import ROOT, cai_command, cai_env, run_cai, tiny_config, write_config
 from tests.loop.services import postgres_database, redis_server
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-import loop.stages
+import loop.pipeline.stages
 from loop.config import RunConfig, resolve_paths
-from loop.context import IterationContext
-from loop.gates import GATES
-from loop.iteration import run_iteration
+from loop.evaluation.gates import GATES
+from loop.pipeline.context import IterationContext
+from loop.pipeline.iteration import run_iteration
+from loop.pipeline.vllm_backend import adapter_name
 from loop.store import Comparison, Policy, Run, Sample, Store
-from loop.vllm_backend import adapter_name
 from policies.serving.vllm_server import free_port
 from tests.fake_vllm import FakeVllm, FakeVllmServer
 
@@ -51,7 +51,7 @@ def no_evaluation(monkeypatch):
     def skip(ctx: IterationContext) -> None:
         with ctx.store.session() as session:
             ctx.complete(session, "evaluate")
-    monkeypatch.setitem(loop.stages.STAGES, "evaluate", skip)
+    monkeypatch.setitem(loop.pipeline.stages.STAGES, "evaluate", skip)
 
 
 def fake_train(ctx: IterationContext) -> None:
@@ -94,7 +94,7 @@ def test_an_iteration_runs_on_the_server_and_publishes_its_policy(fake, tiny_mod
 
 def test_each_version_is_served_by_name_and_old_ones_are_unloaded(fake, tiny_model_dir, cai_home, tmp_path,
                                                                    monkeypatch):
-    monkeypatch.setitem(loop.stages.STAGES, "train", fake_train)
+    monkeypatch.setitem(loop.pipeline.stages.STAGES, "train", fake_train)
     config = served_config(tiny_model_dir, cai_home, fake.url, keep_adapters=2)
     names = {}
     for iteration in (1, 2, 3):
@@ -125,7 +125,7 @@ def test_a_promotion_stands_when_the_server_is_gone(tiny_model_dir, cai_home, tm
             fake_train(ctx)
             server.__exit__(None, None, None)
 
-        monkeypatch.setitem(loop.stages.STAGES, "train", train_then_server_stops)
+        monkeypatch.setitem(loop.pipeline.stages.STAGES, "train", train_then_server_stops)
         with caplog.at_level(logging.WARNING):
             summary = run_iteration(config, tmp_path)
     assert summary["policy_version"] == "v1" and summary["status"] == "done"
@@ -142,11 +142,11 @@ def test_the_next_iteration_fails_clearly_without_a_server(tiny_model_dir, cai_h
 
 def test_shards_are_spread_over_the_servers_and_each_server_gets_the_policy(fake, tiny_model_dir, cai_home,
                                                                             tmp_path, monkeypatch):
-    from loop.vllm_backend import servers
-    from loop.worker import ShardRunner
+    from loop.pipeline.vllm_backend import servers
+    from loop.service.worker import ShardRunner
     from policies.serving import SamplingParams
 
-    monkeypatch.setitem(loop.stages.STAGES, "train", fake_train)
+    monkeypatch.setitem(loop.pipeline.stages.STAGES, "train", fake_train)
     second = FakeVllm(base=tiny_model_dir.name)
     with FakeVllmServer(second) as second_server:
         config = served_config(tiny_model_dir, cai_home, fake.url, urls=[second_server.url, fake.url])
@@ -166,7 +166,7 @@ def test_shards_are_spread_over_the_servers_and_each_server_gets_the_policy(fake
 
 
 def test_the_judge_can_be_another_model_on_another_server(fake, tiny_model_dir, cai_home, tmp_path, monkeypatch):
-    monkeypatch.setitem(loop.stages.STAGES, "train", fake_train)
+    monkeypatch.setitem(loop.pipeline.stages.STAGES, "train", fake_train)
     judge = FakeVllm(base="judge-model")
     with FakeVllmServer(judge) as judge_server:
         config = served_config(tiny_model_dir, cai_home, fake.url)
@@ -184,7 +184,7 @@ def test_the_judge_can_be_another_model_on_another_server(fake, tiny_model_dir, 
 
 
 def test_a_separate_judge_model_with_the_transformers_backend(tiny_model_dir, cai_home, tmp_path, monkeypatch):
-    monkeypatch.setitem(loop.stages.STAGES, "train", fake_train)
+    monkeypatch.setitem(loop.pipeline.stages.STAGES, "train", fake_train)
     config = served_config(tiny_model_dir, cai_home, "http://127.0.0.1:1")
     config = config.model_copy(update={
         "generation": config.generation.model_copy(update={"backend": "transformers"}),

@@ -13,8 +13,8 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from constitution import Constitution, PrincipleSampler
-from loop import vllm_backend
 from loop.config import RunConfig
+from loop.pipeline import vllm_backend
 from loop.progress import Reporter
 from loop.store import Metric, StageRun, Store
 from policies.models import load_model, resolve_model_dir
@@ -101,8 +101,8 @@ class IterationContext:
     engines: Engines
     reporter: Reporter
     fence: Callable[[Session], None] = lambda session: None
-    """Raises inside a transaction if this process no longer holds the run (`loop.lease.Lease.fence`) or, in a
-    daemon's worker, its shard (`loop.shards.Claim.fence`)."""
+    """Raises inside a transaction if this process no longer holds the run (`loop.store.lease.Lease.fence`) or, in a
+    daemon's worker, its shard (`loop.store.shards.Claim.fence`)."""
     shard: int = 0
     shards: int = 1
     """This context works on shard `shard` of `shards`: every `shards`-th sample, by id (`mine`)."""

@@ -1,5 +1,5 @@
 """What a daemon's worker does with one shard message: claim the shard, build its iteration context (with the
-process's warm engines) and run the stage's own function on it (`loop.stages`), so a shard is exactly the work
+process's warm engines) and run the stage's own function on it (`loop.pipeline.stages`), so a shard is exactly the work
 `cai iterate` does for that slice of samples."""
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ from pathlib import Path
 from sqlalchemy import select
 
 from constitution import Constitution, load_constitution
-from loop import vllm_backend
 from loop.config import RunConfig, load_run_config
-from loop.context import Engines, IterationContext
-from loop.database import open_run_store
+from loop.pipeline import vllm_backend
+from loop.pipeline.context import Engines, IterationContext
+from loop.pipeline.inputs import recorded_constitution
+from loop.pipeline.stages import STAGES
 from loop.progress import NullReporter
-from loop.run_inputs import recorded_constitution
-from loop.shards import claim, describe
-from loop.stages import STAGES
 from loop.store import ConstitutionVersion, Iteration, Policy, Run, Store
+from loop.store.database import open_run_store
+from loop.store.shards import claim, describe
 from policies.runtime import configure_threads
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class ShardRunner:
 
     def _context(self, config: RunConfig, store: Store, run_dir: Path, iteration_id: int, stage: str,
                  shard: int) -> IterationContext:
-        from loop.shards import shard_count
+        from loop.store.shards import shard_count
 
         with store.session() as session:
             iteration = session.get(Iteration, iteration_id)

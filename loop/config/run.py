@@ -13,9 +13,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
-from loop.environment import unknown_variables, variable_for
+from loop.config.environment import unknown_variables, variable_for
+from loop.evaluation.gates import GateSettings
 from loop.evaluation.settings import EvaluationSettings
-from loop.gates import GateSettings
 from policies.adapters import LoraSettings
 from policies.files import atomic_write_text
 from policies.models import DEFAULT_MODEL

@@ -1,7 +1,7 @@
 """The daemon's message broker, made in this one place: Redis (CAI_BROKER_URL=redis://HOST:PORT/DB) for the
 distributed service, else dramatiq's in-process StubBroker, consumed by a worker thread of `cai run` itself.
 
-Messages only say "work on this shard"; correctness lives in the database (`loop.shards`): dramatiq's Redis
+Messages only say "work on this shard"; correctness lives in the database (`loop.store.shards`): dramatiq's Redis
 broker delivers at least once and requeues a killed worker's messages late, so a message may repeat or be lost,
 and the controller re-sends what is neither done nor held. Every actor states its time limit and retry policy;
 none of dramatiq's defaults (20 retries, backoff up to 7 days, 10-minute limit) is left implicit.
@@ -87,7 +87,7 @@ class Broker:
 
 
 def _run_shard(run_dir: str, run_name: str, iteration_id: int, stage: str, shard: int) -> None:
-    from loop.worker import runner
+    from loop.service.worker import runner
 
     runner().run(Path(run_dir), run_name, iteration_id, stage, shard)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from loop.gates import Decision, GateSettings, decide, no_candidate
+from loop.evaluation.gates import Decision, GateSettings, decide, no_candidate
 from loop.store import EvalMetric, Evaluation, GateDecision, Policy, PolicyMove, Run, utcnow
 
 

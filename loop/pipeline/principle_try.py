@@ -40,7 +40,7 @@ def config_for_try(path: Path | None) -> RunConfig:
 
 def engines_for(config: RunConfig) -> tuple[Generator, Generator]:
     """The base policy and the judge, exactly as an iteration builds them (weights loaded once, shared)."""
-    from loop.context import Engines
+    from loop.pipeline.context import Engines
     from policies.runtime import configure_threads, quiet_model_libraries
 
     configure_threads(config.threads)

@@ -15,10 +15,10 @@ from critique.judge import Matchup, make_method
 from critique.revision import Draft, critique_and_revise
 from critique.sampler import Candidate, clamp, sample_pairs
 from critique.sampler import annealed_margin as anneal
-from loop.context import IterationContext
-from loop.evaluate_stage import evaluate
+from loop.pipeline.context import IterationContext
+from loop.pipeline.evaluate_stage import evaluate
+from loop.pipeline.train_stage import train
 from loop.store import Comparison, Contrast, Critique, Metric, Pair, Sample
-from loop.train_stage import train
 from policies.serving import SamplingParams
 
 log = logging.getLogger(__name__)

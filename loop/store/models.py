@@ -282,7 +282,7 @@ class IterationInputs(Base):
 
 
 class RunLease(Base):
-    """Who is working on a run now (see `loop.lease`): one row per run, changed only by compare-and-set."""
+    """Who is working on a run now (see `loop.store.lease`): one row per run, changed only by compare-and-set."""
 
     __tablename__ = "run_leases"
     run: Mapped[str] = mapped_column(primary_key=True)
@@ -296,7 +296,7 @@ class RunLease(Base):
 
 
 class ShardClaim(Base):
-    """One shard of an iteration's stage handed to the daemon's workers (`loop.shards`): who holds it and until
+    """One shard of an iteration's stage handed to the daemon's workers (`loop.store.shards`): who holds it and until
     when, changed only by compare-and-set. Its StageRun row (same iteration, stage and shard) is its done mark."""
 
     __tablename__ = "shard_claims"
@@ -330,7 +330,7 @@ class ConstitutionVersion(Base):
 
 
 class ControlRequest(Base):
-    """An operator's request to a run (`loop.control`): pause, resume or stop the daemon, or move the current
+    """An operator's request to a run (`loop.operate.control`): pause, resume or stop the daemon, or move the current
     policy (promote, rollback). Any process may add one; the run's lease holder applies the policy moves."""
 
     __tablename__ = "control_requests"
@@ -372,7 +372,7 @@ class Store:
         if self.engine.dialect.name == "sqlite" and not read_only:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         if not read_only:
-            from loop.migrations import upgrade_to_head
+            from loop.store.migrations import upgrade_to_head
 
             upgrade_to_head(self.engine)  # a new database is created at head, an older one upgraded in place
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -380,8 +380,8 @@ class Store:
 
     @classmethod
     def for_run_dir(cls, run_dir: Path, *, read_only: bool = False) -> Store:
-        """The run's SQLite database, checked first (`loop.database`): refused if damaged or not cai's."""
-        from loop.database import open_run_store
+        """The run's SQLite database, checked first (`loop.store.database`): refused if damaged or not cai's."""
+        from loop.store.database import open_run_store
 
         return open_run_store(run_dir, write=not read_only)
 

@@ -1,4 +1,4 @@
-"""Alembic's environment: the connection comes from `loop.migrations.upgrade_to_head` (no alembic.ini)."""
+"""Alembic's environment: the connection comes from `loop.store.migrations.upgrade_to_head` (no alembic.ini)."""
 
 from alembic import context
 

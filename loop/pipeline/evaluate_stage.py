@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from loop.context import IterationContext
 from loop.evaluation.harness import Evaluator
+from loop.pipeline.context import IterationContext
 from loop.store import Iteration, Policy
 
 

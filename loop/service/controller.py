@@ -4,7 +4,7 @@ It holds the run lease for its whole life (one controller per run; `cai iterate`
 For each stage it creates the shards' claim rows, sends a message per shard and watches the database until every
 shard is done, re-sending shards that were never started (a lost message, a restarted broker) or whose worker's
 claim expired (a killed worker): on start, and every `service.poll_s`. Between stages and iterations it obeys
-the operator (`loop.control`: pause, resume, stop, promote, rollback) and the gates (a halt waits for an
+the operator (`loop.operate.control`: pause, resume, stop, promote, rollback) and the gates (a halt waits for an
 operator); between iterations it reloads the constitution, keeping the last good one when an edit is broken.
 """
 
@@ -20,21 +20,21 @@ from typing import Any
 from sqlalchemy import select, update
 
 from constitution import Constitution, load_constitution_or_last_good
-from loop import control
-from loop.broker import Broker
 from loop.config import RunConfig, save_run_config
-from loop.context import IterationContext
-from loop.database import open_run_store
-from loop.iteration import _engines, _finish, _run_name, open_iteration, validate_inputs
-from loop.lease import Lease, acquire
+from loop.operate import control
+from loop.operate.promotion import RunHalted, ensure_not_halted
+from loop.operate.summary import iteration_summary
+from loop.pipeline.context import IterationContext
+from loop.pipeline.inputs import record_constitution
+from loop.pipeline.iteration import _engines, _finish, _run_name, open_iteration, validate_inputs
+from loop.pipeline.stages import STAGES
 from loop.progress import NullReporter, Position
-from loop.promotion import RunHalted, ensure_not_halted
-from loop.run_inputs import record_constitution
-from loop.shards import QUEUES, describe, done_shards, ensure_claims, shard_count
-from loop.stages import STAGES
+from loop.service.broker import Broker
+from loop.service.worker import iteration_constitution
 from loop.store import Iteration, IterationInputs, Run, ShardClaim, Store
-from loop.summary import iteration_summary
-from loop.worker import iteration_constitution
+from loop.store.database import open_run_store
+from loop.store.lease import Lease, acquire
+from loop.store.shards import QUEUES, describe, done_shards, ensure_claims, shard_count
 from policies.runtime import configure_threads
 
 log = logging.getLogger(__name__)

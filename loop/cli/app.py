@@ -96,15 +96,16 @@ def _loaded(dotted: str) -> type[BaseException] | tuple[()]:
 
 
 BAD_INPUT = ("loop.config.ConfigError", "constitution.loader.ConstitutionError", "loop.prompts.PromptFileError",
-             "policies.models.ModelNotFoundError", "loop.run_inputs.InputsChanged", "loop.promotion.RunHalted",
-             "loop.broker.BrokerURLError")
-SELF_EXPLAINING = ("loop.lease.LeaseHeld", "loop.lease.LeaseLost", "policies.serving.vllm_client.ServerError",
-                   "loop.broker.BrokerUnreachable", "loop.controller.ShardFailed")
+             "policies.models.ModelNotFoundError", "loop.pipeline.inputs.InputsChanged",
+             "loop.operate.promotion.RunHalted", "loop.service.broker.BrokerURLError")
+SELF_EXPLAINING = ("loop.store.lease.LeaseHeld", "loop.store.lease.LeaseLost",
+                   "policies.serving.vllm_client.ServerError", "loop.service.broker.BrokerUnreachable",
+                   "loop.service.controller.ShardFailed")
 
 
 def _classify(exc: Exception, position: Any) -> tuple[str, int]:
     """The line and exit code of a failure: 2 for bad input, 1 for anything else."""
-    refused = _loaded("loop.database.DatabaseRefused")
+    refused = _loaded("loop.store.database.DatabaseRefused")
     if refused and isinstance(exc, refused):
         return str(exc), 2 if exc.bad_input else 1
     if isinstance(exc, tuple(_loaded(name) for name in BAD_INPUT)):
@@ -169,7 +170,7 @@ def iterate(
     try:
         with _failures_reported(position):
             from loop.config import load_run_config
-            from loop.iteration import run_iteration
+            from loop.pipeline.iteration import run_iteration
             from policies.runtime import quiet_model_libraries
 
             quiet_model_libraries()
@@ -228,9 +229,9 @@ def run_service(
     _setup_logging(run_dir)
     position = Position()
     with _GracefulStop().installed() as stop, _failures_reported(position):
-        from loop.broker import make_broker
         from loop.config import load_run_config
-        from loop.controller import Controller
+        from loop.service.broker import make_broker
+        from loop.service.controller import Controller
         from policies.runtime import quiet_model_libraries
 
         quiet_model_libraries()
@@ -260,7 +261,7 @@ def worker(
     import subprocess
     import time
 
-    from loop.broker import QUEUES, broker_url
+    from loop.service.broker import QUEUES, broker_url
 
     _setup_logging(None)
     logging.getLogger("loop").setLevel(logging.INFO)
@@ -291,8 +292,8 @@ def worker(
                     child.kill()
             return
         with _failures_reported():
-            from loop.broker import make_broker
-            from loop.worker import runner
+            from loop.service.broker import make_broker
+            from loop.service.worker import runner
             from policies.runtime import quiet_model_libraries
 
             quiet_model_libraries()
@@ -370,8 +371,8 @@ def status(
     iteration: Annotated[int | None, typer.Option(help="Iteration index (default: the latest).")] = None,
 ) -> None:
     """Summarise an iteration of a run from its database (reads only: creates and writes no file)."""
-    from loop.database import open_run_store
-    from loop.summary import iteration_summary, latest_iteration
+    from loop.operate.summary import iteration_summary, latest_iteration
+    from loop.store.database import open_run_store
 
     _setup_logging(None)
     with _failures_reported():
@@ -520,8 +521,8 @@ def principles_try(
         "--response", help="Critique this response instead of generating one.")] = None,
 ) -> None:
     """Render and run one critique -> revision under a principle, and the judge's verdict on the pair."""
-    from loop import principle_try
     from loop.config import ConfigError
+    from loop.pipeline import principle_try
     from policies.models import ModelNotFoundError
     from policies.serving.vllm_client import ServerError
 
@@ -621,8 +622,8 @@ def review_list(
     """The pairs with their AI label and latest review, and the reviewers' agreement with the judge."""
     from sqlalchemy import select
 
+    from loop.operate.summary import latest_reviews, review_agreement
     from loop.store import Iteration, Pair
-    from loop.summary import latest_reviews, review_agreement
 
     store = _open_store(run_dir)
     with store.session() as session:
@@ -650,7 +651,7 @@ def review_list(
 def _review(run_dir: Path, pair_id: int, verdict: str, note: str, reviewer: str | None) -> None:
     import getpass
 
-    from loop.review import ReviewError, record_review
+    from loop.operate.review import ReviewError, record_review
 
     store = _open_store(run_dir)
     try:
@@ -693,7 +694,7 @@ def export_pairs(
 ) -> None:
     """The run's pairs in TRL's conversational prompt/chosen/rejected layout, with target, principle_id,
     iteration and source columns; reviews applied (flipped pairs swapped, dropped ones left out)."""
-    from loop.export import pair_records, write_pairs
+    from loop.operate.export import pair_records, write_pairs
 
     if fmt not in ("jsonl", "parquet"):
         _fail(f"--format: {fmt!r} is not one of jsonl, parquet")
@@ -772,7 +773,7 @@ def render_summary(summary: dict[str, Any]) -> None:
     if evaluation:
         table.add_row("evaluate", f"{evaluation['policy']} vs {evaluation['previous']} "
                       f"({evaluation['refusal_classifier']})", "", _fmt(wall.get("evaluate")))
-        from loop.summary import HEADLINE_METRICS
+        from loop.operate.summary import HEADLINE_METRICS
 
         for name in HEADLINE_METRICS:
             if name in evaluation["metrics"]:
@@ -794,8 +795,9 @@ def _version(text: str) -> int:
 
 
 def _open_run(run_dir: Path, *, write: bool):
-    """The run's checked store (`loop.database`); a folder with no run is refused, read-only opens write nothing."""
-    from loop.database import NoRun, open_run_store
+    """The run's checked store (`loop.store.database`); a folder with no run is refused, read-only opens write
+    nothing."""
+    from loop.store.database import NoRun, open_run_store
 
     if write and not (run_dir / "cai.db").is_file():
         raise NoRun(f"no run in {run_dir} (no cai.db); start one with `cai iterate --config FILE --run-dir {run_dir}`")
@@ -827,10 +829,10 @@ def eval_policy(
     from constitution import load_constitution
     from loop.config import load_run_config
     from loop.evaluation.harness import Evaluator
-    from loop.lease import acquire
+    from loop.operate.promotion import evaluation_metrics
     from loop.progress import RichReporter
-    from loop.promotion import evaluation_metrics
     from loop.store import Evaluation, Policy, Run
+    from loop.store.lease import acquire
     from policies.runtime import configure_threads, quiet_model_libraries
 
     _setup_logging(run_dir)
@@ -877,10 +879,10 @@ Why = Annotated[str, typer.Option("--note", "--reason", help="Why: recorded with
 
 
 def _operate(run_dir: Path, action: str, by: str | None, note: str, to: int | None = None) -> None:
-    """Record an operator's request (`loop.control`) and print what came of it."""
+    """Record an operator's request (`loop.operate.control`) and print what came of it."""
     import getpass
 
-    from loop.control import ControlError, operate
+    from loop.operate.control import ControlError, operate
 
     _setup_logging(run_dir)
     with _failures_reported():
@@ -939,7 +941,7 @@ def stop(run_dir: RunDir, note: Why = "", by: Operator = None) -> None:
 @app.command()
 def metrics(run_dir: RunDir) -> None:
     """Print the run's evaluation metrics and gate outcomes in the Prometheus text format."""
-    from loop.metrics_export import exposition
+    from loop.operate.metrics import exposition
 
     with _failures_reported():
         store = _open_run(run_dir, write=False)

@@ -11,8 +11,8 @@ from typing import Any, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from loop.operate.summary import latest_reviews
 from loop.store import Iteration, Pair, Sample
-from loop.summary import latest_reviews
 from policies.files import atomic_write_text
 
 Format = Literal["jsonl", "parquet"]

@@ -10,20 +10,20 @@ from typing import Any
 from sqlalchemy import select
 
 from constitution import Constitution, load_constitution
-from loop import vllm_backend
 from loop.config import RunConfig, save_run_config
-from loop.context import Engines, IterationContext
-from loop.database import open_run_store
 from loop.evaluation.sets import check_eval_inputs
-from loop.lease import acquire
+from loop.operate.promotion import decide_iteration, ensure_not_halted
+from loop.operate.summary import iteration_summary
+from loop.pipeline import vllm_backend
+from loop.pipeline.context import Engines, IterationContext
+from loop.pipeline.inputs import InputsChanged, config_hash, describe_changes, fingerprint, record_constitution
+from loop.pipeline.stages import STAGES
 from loop.progress import NullReporter, Position, Reporter
-from loop.promotion import decide_iteration, ensure_not_halted
 from loop.prompts import load_prompts, select_prompts
-from loop.run_inputs import InputsChanged, config_hash, describe_changes, fingerprint, record_constitution
-from loop.shards import done_shards, shard_count
-from loop.stages import STAGES
 from loop.store import Iteration, IterationInputs, Policy, Run, Sample, Store, utcnow
-from loop.summary import iteration_summary
+from loop.store.database import open_run_store
+from loop.store.lease import acquire
+from loop.store.shards import done_shards, shard_count
 from policies.models import resolve_model_dir
 from policies.runtime import configure_threads
 from policies.serving.vllm_client import ServerError
@@ -137,7 +137,7 @@ def run_iteration(config: RunConfig, run_dir: Path, reporter: Reporter | None = 
     """Run (or resume) one iteration in `run_dir` and return its summary.
 
     Nothing is written before the inputs validate and the database checks out; a run held by another live
-    process is refused (`loop.lease.LeaseHeld`). `position` is kept up to date for interruption messages.
+    process is refused (`loop.store.lease.LeaseHeld`). `position` is kept up to date for interruption messages.
     """
     reporter = reporter or NullReporter()
     position = position if position is not None else Position()

@@ -7,7 +7,7 @@ it works, and commits the shard's outputs together with its StageRun row (the do
 first proves the claim is still its own (`Claim.fence`). The StageRun row's unique (iteration, stage, shard)
 makes a second commit of the same shard impossible, even if two workers race. A message for a shard that is
 done, or held by a live worker, is acknowledged and ignored: the broker's redelivery is never needed for
-correctness, only the controller's re-sending of unclaimed or expired shards (`loop.controller`).
+correctness, only the controller's re-sending of unclaimed or expired shards (`loop.service.controller`).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import select
 
 from loop.config import RunConfig
-from loop.context import IterationContext
+from loop.pipeline.context import IterationContext
 from loop.store import Metric, Pair, Policy, Run, Sample
 from policies.files import atomic_directory, atomic_write_text
 from policies.training.launcher import launch

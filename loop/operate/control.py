@@ -13,9 +13,9 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from loop.lease import LeaseHeld, acquire
-from loop.promotion import RollbackError, promote, rollback
+from loop.operate.promotion import RollbackError, promote, rollback
 from loop.store import ControlRequest, Run, Store, utcnow
+from loop.store.lease import LeaseHeld, acquire
 
 ACTIONS = ("pause", "resume", "stop", "promote", "rollback")
 MOVES = ("promote", "rollback")

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import case, func, inspect, select
 from sqlalchemy.orm import Session
 
-from loop.promotion import evaluation_metrics
+from loop.operate.promotion import evaluation_metrics
 from loop.store import (
     Comparison,
     Critique,

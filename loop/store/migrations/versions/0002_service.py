@@ -1,4 +1,4 @@
-"""The service's shard claims (`loop.shards`), and the constitutions a run used, whole (the dashboard's diffs;
+"""The service's shard claims (`loop.store.shards`), and the constitutions a run used, whole (the dashboard's diffs;
 the workers load an iteration's from there). A table a database already has (made by a cai that created its
 tables directly) is left as it is."""
 

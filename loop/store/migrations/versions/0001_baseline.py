@@ -1,6 +1,6 @@
 """Baseline: the schema before migrations (cai_meta schema version 1, with the operator's control requests).
 
-Its tables are created by `loop.migrations.upgrade_to_head` from the models (only where missing); a database of
+Its tables are created by `loop.store.migrations.upgrade_to_head` from the models (only where missing); a database of
 this shape is stamped with this revision.
 """
 

@@ -1,0 +1,1 @@
+"""What operators do to a run: control requests, promotion and rollback, reviews, exports, metrics, summaries."""

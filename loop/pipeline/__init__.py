@@ -1,0 +1,1 @@
+"""One iteration: its inputs, context and engines, the stages in order, the vLLM-served policies."""

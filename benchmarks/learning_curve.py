@@ -88,7 +88,7 @@ def main() -> None:
     if last and measured is None:
         from constitution import load_constitution
 
-        Evaluator(config, store, args.run_dir, run_id, load_constitution(config.constitution)).evaluate(last, 0)
+        Evaluator.for_run(config, store, args.run_dir, run_id, load_constitution(config.constitution)).evaluate(last, 0)
     with store.session() as session:
         any_eval = session.scalar(select(Evaluation).order_by(Evaluation.id.desc()))
         if any_eval is None:

@@ -1,13 +1,19 @@
-"""LoRA adapters: the unit of a policy version (PEFT format, safetensors)."""
+"""LoRA adapters: the unit of a policy version (PEFT format, safetensors).
+
+Torch-free at import (peft is imported by the functions that use it), so a run config can embed `LoraSettings`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from policies.files import atomic_directory
+
+if TYPE_CHECKING:
+    import torch
 
 
 class LoraSettings(BaseModel):

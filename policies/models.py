@@ -1,4 +1,8 @@
-"""Find and load model weights: a local HF directory, or a built-in model converted once from GGUF."""
+"""Find and load model weights: a local HF directory, or a built-in model converted once from GGUF.
+
+Torch-free at import (torch is imported by the functions that load weights): a run config names
+`DEFAULT_MODEL`, and naming a model must not load torch.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,12 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from policies.files import atomic_directory
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +76,7 @@ def _find_gguf(source: GgufModel) -> Path:
 
 
 def _convert_gguf(source: GgufModel, target: Path) -> None:
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = _find_gguf(source)
@@ -87,6 +94,8 @@ def _convert_gguf(source: GgufModel, target: Path) -> None:
 
 
 def resolve_device(device: str) -> torch.device:
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -95,6 +104,7 @@ def resolve_device(device: str) -> torch.device:
 def load_model(model_dir: Path, *, dtype: str = "float32", device: str = "auto", adapter: Path | None = None,
                trainable: bool = False):
     """(model, tokenizer) from an HF directory, optionally with a LoRA adapter on top."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -855,8 +855,8 @@ def eval_policy(
                 configure_threads(config.threads)
                 # Measuring writes answers and metrics: one process per run, as for `cai iterate`.
                 with acquire(store, run.name):
-                    evaluator = Evaluator(config, store, run_dir, run.id, load_constitution(config.constitution),
-                                          RichReporter(console))
+                    evaluator = Evaluator.for_run(config, store, run_dir, run.id,
+                                                  load_constitution(config.constitution), RichReporter(console))
                     found_id = evaluator.evaluate(version, other)
             else:
                 found_id = found.id

@@ -1,6 +1,7 @@
 """The run configuration: one YAML file validated at the edge, with environment overrides.
 
 Any field can be overridden from the environment: `CAI_HOME=/data/cai`, `CAI_TRAIN__PREFERENCE__BETA=0.2`.
+Pydantic only: the trainers' settings come from torch-free modules, so checking a config never loads torch.
 """
 
 from __future__ import annotations
@@ -20,11 +21,7 @@ from policies.adapters import LoraSettings
 from policies.files import atomic_write_text
 from policies.models import DEFAULT_MODEL
 from policies.serving.vllm_server import VllmServerSettings
-from policies.training.losses import LossType
-from policies.training.ppo import PPOSettings
-from policies.training.preference import PreferenceSettings
-from policies.training.reward_model import RewardModelSettings
-from policies.training.sft import SFTSettings
+from policies.training.settings import LossType, PPOSettings, PreferenceSettings, RewardModelSettings, SFTSettings
 
 
 class Section(BaseModel):

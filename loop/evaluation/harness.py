@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from constitution import Constitution, PrincipleSampler
 from critique.judge import Matchup, judge
-from loop.config import RunConfig
+from loop.config.run import JudgeSettings, ModelSettings, RunConfig
 from loop.evaluation.kl import completion_kls
 from loop.evaluation.models import PolicyBank
 from loop.evaluation.refusal import (
@@ -35,6 +35,7 @@ from loop.evaluation.refusal import (
     yes_no_conversation,
 )
 from loop.evaluation.sets import EvalPrompt, eval_prompts
+from loop.evaluation.settings import EvaluationSettings
 from loop.evaluation.stats import win_rate
 from loop.progress import NullReporter, Reporter
 from loop.store import EvalComparison, EvalMetric, EvalResponse, Evaluation, Iteration, Policy, Store
@@ -77,23 +78,41 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b else math.nan
 
 
+@dataclass(frozen=True)
+class EvaluatorSettings:
+    """What the evaluator reads of a run config, and nothing else: the held-out sets and scoring, the model
+    measured, the judge that compares answers (its model and batch size), the model cache and the seed."""
+
+    evaluation: EvaluationSettings
+    model: ModelSettings
+    judge: JudgeSettings
+    home: Path
+    seed: int
+
+
 @dataclass
 class Evaluator:
-    config: RunConfig
+    settings: EvaluatorSettings
     store: Store
     run_dir: Path
     run_id: int
     constitution: Constitution
     reporter: Reporter = NullReporter()
 
+    @classmethod
+    def for_run(cls, config: RunConfig, *fields, **named) -> Evaluator:
+        """The evaluator of a run: the settings it reads taken from the run's config, then the other fields."""
+        settings = EvaluatorSettings(config.evaluation, config.model, config.judge, config.home, config.seed)
+        return cls(settings, *fields, **named)
+
     @cached_property
     def prompts(self) -> list[EvalPrompt]:
-        return eval_prompts(self.config.evaluation, self.config.seed)
+        return eval_prompts(self.settings.evaluation, self.settings.seed)
 
     @cached_property
     def settings_key(self) -> str:
-        e = self.config.evaluation
-        return hashlib.sha256(f"{self.config.model.name}|{self.config.model.dtype}|greedy|{e.max_new_tokens}"
+        e = self.settings.evaluation
+        return hashlib.sha256(f"{self.settings.model.name}|{self.settings.model.dtype}|greedy|{e.max_new_tokens}"
                               .encode()).hexdigest()[:12]
 
     def evaluate(self, candidate: int, previous: int, *, iteration_id: int | None = None,
@@ -104,8 +123,8 @@ class Evaluator:
         """
         started = time.perf_counter()
         versions = sorted({0, previous, candidate})
-        bank = PolicyBank(resolve_model_dir(self.config.model.name, self.config.home), self._adapters(versions),
-                          dtype=self.config.model.dtype, device=self.config.model.device)
+        bank = PolicyBank(resolve_model_dir(self.settings.model.name, self.settings.home), self._adapters(versions),
+                          dtype=self.settings.model.dtype, device=self.settings.model.device)
         judge_generator = self._judge(bank)
         answers = {v: self._answers(bank, v) for v in versions}
         classifier, scores = self._classifier(judge_generator)
@@ -134,7 +153,7 @@ class Evaluator:
         if reward_model is not None and "win_rate_vs_previous" in metrics:
             metrics |= self._reward_divergence(reward_model, answers[candidate], answers[previous],
                                                metrics["win_rate_vs_previous"])
-        if self.config.evaluation.violations:
+        if self.settings.evaluation.violations:
             metrics |= self._violations(judge_generator, answers[candidate])
         with self.store.session() as session:
             evaluation = Evaluation(run_id=self.run_id, iteration_id=iteration_id, policy_version=candidate,
@@ -159,12 +178,12 @@ class Evaluator:
         return {v: self.run_dir / p.adapter_path for v, p in policies.items() if p.adapter_path}
 
     def _judge(self, bank: PolicyBank) -> Generator:
-        batch = self.config.judge.batch_size
-        if self.config.judge.model:
-            model, tokenizer = load_model(resolve_model_dir(self.config.judge.model, self.config.home),
-                                          dtype=self.config.model.dtype, device=self.config.model.device)
-            return TransformersGenerator(model, tokenizer, name=self.config.judge.model, batch_size=batch)
-        return bank.generator(0, name=self.config.model.name, batch_size=batch)
+        batch = self.settings.judge.batch_size
+        if self.settings.judge.model:
+            model, tokenizer = load_model(resolve_model_dir(self.settings.judge.model, self.settings.home),
+                                          dtype=self.settings.model.dtype, device=self.settings.model.device)
+            return TransformersGenerator(model, tokenizer, name=self.settings.judge.model, batch_size=batch)
+        return bank.generator(0, name=self.settings.model.name, batch_size=batch)
 
     def _answers(self, bank: PolicyBank, version: int) -> dict[Key, EvalResponse]:
         """The policy's stored answers to the eval prompts, generating (and storing) the missing ones."""
@@ -174,7 +193,7 @@ class Evaluator:
                 EvalResponse.settings_key == self.settings_key))}
         missing = [p for p in self.prompts if (p.set.name, p.record.id) not in stored]
         if missing:
-            e = self.config.evaluation
+            e = self.settings.evaluation
             generator = bank.generator(version, name=f"v{version}", batch_size=e.batch_size)
             with self.reporter.task(f"eval answers of v{version}", len(missing)) as advance:
                 tokens = generator.generate_tokens([[{"role": "user", "content": p.record.prompt}] for p in missing],
@@ -191,7 +210,7 @@ class Evaluator:
 
     def _classifier(self, judge_generator: Generator) -> tuple[RefusalClassifier, list[ClassifierScore]]:
         """The refusal classifier to use, and the scores of those measured on the labelled set."""
-        r = self.config.evaluation.refusal
+        r = self.settings.evaluation.refusal
         lexical, by_judge = RefusalClassifier(), RefusalClassifier(judge_generator)
         if r.labels is None:
             return (by_judge if r.classifier == "judge" else lexical), []
@@ -222,7 +241,7 @@ class Evaluator:
         return answers
 
     def _answer_metrics(self, answers: dict[Key, EvalResponse]) -> dict[str, float]:
-        roles = {s.name: s.role for s in self.config.evaluation.sets}
+        roles = {s.name: s.role for s in self.settings.evaluation.sets}
         refused: dict[str, list[float]] = {}
         for (set_name, _), row in answers.items():
             refused.setdefault(set_name, []).append(float(bool(row.refusal)))
@@ -241,7 +260,7 @@ class Evaluator:
                       for c in session.scalars(select(EvalComparison).where(
                           EvalComparison.candidate_id.in_([r.id for r in candidate.values()]),
                           EvalComparison.judge == judge_generator.name))}
-        sampler = PrincipleSampler(self.constitution, seed=self.config.seed)
+        sampler = PrincipleSampler(self.constitution, seed=self.settings.seed)
         todo = []
         for key, mine in candidate.items():
             theirs = opponent[key]
@@ -265,7 +284,7 @@ class Evaluator:
         if candidate == 0:
             return {"kl_vs_reference": 0.0, "kl_vs_previous": 0.0 if previous == 0 else math.nan}
         rows = list(answers.values())
-        batches = _scoring_batches(bank.tokenizer, rows, self.config.evaluation.kl_batch_size)
+        batches = _scoring_batches(bank.tokenizer, rows, self.settings.evaluation.kl_batch_size)
         others = {"kl_vs_reference": lambda: bank.active(0)}
         if previous not in (0, candidate):
             others["kl_vs_previous"] = lambda: bank.active(previous)
@@ -296,8 +315,8 @@ class Evaluator:
         """The reward-hacking signal: how often the reward model prefers the candidate's answer over the previous
         policy's, minus how often the judge does. A policy that learned to please its reward model, not the
         judge, shows a large positive gap."""
-        model, tokenizer = load_model(resolve_model_dir(self.config.model.name, self.config.home),
-                                      dtype=self.config.model.dtype, device=self.config.model.device,
+        model, tokenizer = load_model(resolve_model_dir(self.settings.model.name, self.settings.home),
+                                      dtype=self.settings.model.dtype, device=self.settings.model.device,
                                       adapter=directory)
         scorer = RewardModel.load(model, directory).eval()
 
@@ -306,7 +325,7 @@ class Evaluator:
         def scores(rows: list[EvalResponse]) -> list[float]:
             result = []
             with torch.inference_mode():
-                for batch in _scoring_batches(tokenizer, rows, self.config.evaluation.kl_batch_size):
+                for batch in _scoring_batches(tokenizer, rows, self.settings.evaluation.kl_batch_size):
                     result += scorer(batch["input_ids"].to(device), batch["attention_mask"].to(device)).tolist()
             return result
 
@@ -319,7 +338,7 @@ class Evaluator:
     def _violations(self, judge_generator: Generator, answers: dict[Key, EvalResponse]) -> dict[str, float]:
         """Per principle, the share of the candidate's answers the judge says break it (one principle drawn
         per answer)."""
-        sampler = PrincipleSampler(self.constitution, seed=self.config.seed)
+        sampler = PrincipleSampler(self.constitution, seed=self.settings.seed)
         drawn = [(row, sampler.sample("eval", *key, "violation")) for key, row in answers.items()]
         conversations = [yes_no_conversation(row.prompt, row.response, violation_question(p.critique_request))
                          for row, p in drawn]

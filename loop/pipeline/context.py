@@ -60,8 +60,8 @@ class Engines:
     @cached_property
     def policy(self) -> Generator:
         if self.served:
-            return vllm_backend.policy_generator(self.config, self.run_name, self.policy_version, self.adapter,
-                                                 self.server)
+            return vllm_backend.policy_generator(self.config.generation.server, self.config.model.name,
+                                                 self.run_name, self.policy_version, self.adapter, self.server)
         model, tokenizer = self._loaded
         return TransformersGenerator(model, tokenizer, name=f"{self.config.model.name}@v{self.policy_version}",
                                      batch_size=self.config.generation.batch_size)
@@ -69,7 +69,8 @@ class Engines:
     @cached_property
     def judge(self) -> Generator:
         if self.served:
-            return vllm_backend.judge_generator(self.config, self.server)
+            return vllm_backend.judge_generator(self.config.generation.server, self.config.judge,
+                                                self.config.model.name, self.server)
         if self.config.judge.model:
             model, tokenizer = self._judge_loaded
             return TransformersGenerator(model, tokenizer, name=self.config.judge.model,
@@ -80,7 +81,9 @@ class Engines:
 
     def counters(self) -> dict[str, float] | None:
         """The server's cumulative counters (vllm-server), to measure a stage; None for transformers."""
-        return vllm_backend.server_counters(self.config) if self.served else None
+        if not self.served:
+            return None
+        return vllm_backend.server_counters(self.config.generation.server, self.config.judge.url)
 
     def release(self) -> None:
         """Free the generation weights before training loads its own trainable copy."""

@@ -19,5 +19,5 @@ def evaluate(ctx: IterationContext) -> None:
             ctx.complete(session, "evaluate")
         return
     ctx.engines.release()  # the evaluation loads the base once, with every policy it needs as an adapter
-    Evaluator(ctx.config, ctx.store, ctx.run_dir, ctx.run_id, ctx.constitution, ctx.reporter).evaluate(
+    Evaluator.for_run(ctx.config, ctx.store, ctx.run_dir, ctx.run_id, ctx.constitution, ctx.reporter).evaluate(
         candidate, previous, iteration_id=ctx.iteration_id, complete=lambda session: ctx.complete(session, "evaluate"))

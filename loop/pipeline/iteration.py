@@ -121,7 +121,7 @@ def _finish(ctx: IterationContext) -> None:
     log.info("gates: %s candidate v%s%s", outcome, candidate, f" ({'; '.join(reasons)})" if reasons else "")
     if outcome == "promote" and ctx.engines.served:
         try:
-            vllm_backend.publish(ctx.config, ctx.store, ctx.run_id, ctx.run_dir)
+            vllm_backend.publish(ctx.config.generation.server, ctx.store, ctx.run_id, ctx.run_dir)
         except ServerError as exc:
             # The promotion stands; the next iteration loads the adapter before it generates.
             log.warning("policy v%d is promoted but could not be published to the vLLM server: %s", candidate, exc)

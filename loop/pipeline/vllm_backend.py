@@ -1,5 +1,8 @@
 """The `vllm-server` generation backend of an iteration: generators on the server, the publication of policy
-versions as LoRA adapters, and the server's counters per stage."""
+versions as LoRA adapters, and the server's counters per stage.
+
+Each function takes the settings it reads (`generation.server`, the judge's, the model's name), not the run config.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +13,10 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from loop.config import RunConfig
+from loop.config.run import JudgeSettings
 from loop.store import Policy, Run, Store
 from policies.serving.vllm_client import ServerError, VllmAdmin, VllmServerGenerator
-from policies.serving.vllm_server import served_model_name
+from policies.serving.vllm_server import VllmServerSettings, served_model_name
 
 log = logging.getLogger(__name__)
 
@@ -39,51 +42,49 @@ def _version_of(name: str, run_name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def servers(config: RunConfig) -> list[str]:
+def servers(server: VllmServerSettings) -> list[str]:
     """The policy's servers: `generation.server.url`, then `urls`, each once."""
-    s = config.generation.server
-    return list(dict.fromkeys([s.url, *s.urls]))
+    return list(dict.fromkeys([server.url, *server.urls]))
 
 
-def shard_server(config: RunConfig, shard: int) -> str:
+def shard_server(server: VllmServerSettings, shard: int) -> str:
     """The server a daemon's inference shard talks to: shards are spread round-robin over the servers."""
-    listed = servers(config)
+    listed = servers(server)
     return listed[shard % len(listed)]
 
 
-def _admin(config: RunConfig, url: str | None = None) -> VllmAdmin:
-    s = config.generation.server
+def _admin(s: VllmServerSettings, url: str | None = None) -> VllmAdmin:
     return VllmAdmin(url or s.url, timeout_s=min(s.timeout_s, 60.0), retries=s.retries, backoff_s=s.backoff_s)
 
 
-def _generator(config: RunConfig, url: str, model: str, name: str) -> VllmServerGenerator:
-    s = config.generation.server
+def _generator(s: VllmServerSettings, url: str, model: str, name: str) -> VllmServerGenerator:
     return VllmServerGenerator(url, model, name=name, concurrency=s.concurrency, timeout_s=s.timeout_s,
                                retries=s.retries, backoff_s=s.backoff_s)
 
 
-def policy_generator(config: RunConfig, run_name: str, version: int, adapter: Path | None,
+def policy_generator(server: VllmServerSettings, model_name: str, run_name: str, version: int, adapter: Path | None,
                      url: str | None = None) -> VllmServerGenerator:
-    """π_`version` on the server (`url`, default `generation.server.url`): its adapter, loaded first if the
-    server lacks it (a restarted server has none), or the base model for version 0."""
-    url = url or config.generation.server.url
-    model = served_model_name(config.model.name)
+    """π_`version` of the base model `model_name` on the server (`url`, default `server.url`): its adapter,
+    loaded first if the server lacks it (a restarted server has none), or the base model for version 0."""
+    url = url or server.url
+    model = served_model_name(model_name)
     if adapter is not None:
         model = adapter_name(run_name, version, adapter)
-        if _admin(config, url).ensure_adapter(model, adapter.resolve()):
+        if _admin(server, url).ensure_adapter(model, adapter.resolve()):
             log.info("published policy v%d as %s on %s", version, model, url)
-    return _generator(config, url, model, name=f"{config.model.name}@v{version}")
+    return _generator(server, url, model, name=f"{model_name}@v{version}")
 
 
-def judge_generator(config: RunConfig, url: str | None = None) -> VllmServerGenerator:
-    """The judge: the base model (the reference, no adapter) on the policy's server (`url`, default
-    `generation.server.url`), or the configured judge model and server."""
-    url = config.judge.url or url or config.generation.server.url
-    model = config.judge.model or served_model_name(config.model.name)
-    return _generator(config, url, model, name=config.judge.model or config.model.name)
+def judge_generator(server: VllmServerSettings, judge: JudgeSettings, model_name: str,
+                    url: str | None = None) -> VllmServerGenerator:
+    """The judge: the base model `model_name` (the reference, no adapter) on the policy's server (`url`, default
+    `server.url`), or the configured judge model and server."""
+    url = judge.url or url or server.url
+    model = judge.model or served_model_name(model_name)
+    return _generator(server, url, model, name=judge.model or model_name)
 
 
-def publish(config: RunConfig, store: Store, run_id: int, run_dir: Path) -> str | None:
+def publish(server: VllmServerSettings, store: Store, run_id: int, run_dir: Path) -> str | None:
     """Serve the run's current policy on every server and unload its adapters beyond the `keep_adapters` newest.
 
     Returns the current policy's served name (None for the base model).
@@ -94,9 +95,8 @@ def publish(config: RunConfig, store: Store, run_id: int, run_dir: Path) -> str 
         adapters = {p.version: run_dir / p.adapter_path for p in session.scalars(
             select(Policy).where(Policy.run_id == run_id, Policy.adapter_path.is_not(None)))}
     name = None
-    for url in servers(config):
-        name = _publish_on(_admin(config, url), run_dir, run_name, current, adapters,
-                           config.generation.server.keep_adapters)
+    for url in servers(server):
+        name = _publish_on(_admin(server, url), run_dir, run_name, current, adapters, server.keep_adapters)
     return name
 
 
@@ -119,12 +119,13 @@ def _publish_on(admin: VllmAdmin, run_dir: Path, run_name: str, current: int, ad
     return name
 
 
-def server_counters(config: RunConfig) -> dict[str, float] | None:
-    """The prefix-cache and generated-token counters, summed over the servers this run uses.
+def server_counters(server: VllmServerSettings, judge_url: str | None) -> dict[str, float] | None:
+    """The prefix-cache and generated-token counters, summed over the policy's servers and the judge's
+    (`judge_url`, default `server.url`).
 
     The counters are server-wide: traffic from other clients of the same server is counted too.
     """
-    urls = {*servers(config), config.judge.url or config.generation.server.url}
+    urls = {*servers(server), judge_url or server.url}
     totals = dict.fromkeys((HITS, QUERIES, GENERATED), 0.0)
     try:
         for url in urls:

@@ -62,7 +62,8 @@ class ShardRunner:
                 shard: int = 0) -> Engines:
         """The same Engines (and so the same loaded weights) for every shard of the same policy; served shards
         are spread over the vLLM servers (`generation.server.urls`)."""
-        server = vllm_backend.shard_server(config, shard) if config.generation.backend == "vllm-server" else None
+        served = config.generation.backend == "vllm-server"
+        server = vllm_backend.shard_server(config.generation.server, shard) if served else None
         key = (str(run_dir), config.model.name, config.judge.model, version, adapter, server)
         if self._engines is not None and self._engines[0] == key:
             return self._engines[1]

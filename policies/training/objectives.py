@@ -1,8 +1,8 @@
 """The preference objectives, registered by `LossType`: each takes one `PairBatch` and does its own plumbing
 (which log-probs, which lengths, which labels), so the trainer never branches on the loss.
 
-An objective also declares the settings it reads beyond `beta`; a setting changed from its default for a loss
-that never reads it is rejected when the settings are validated, so no field is silently ignored.
+Which settings each loss reads beyond `beta`, and its default `beta`, live beside the settings
+(`settings.LOSS_SETTINGS`), so that validating them needs no torch.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from policies.training import losses
-from policies.training.losses import LossType
+from policies.training.settings import LossType
 
 
 @dataclass(frozen=True)
@@ -45,10 +45,6 @@ Output = tuple[Tensor, Tensor, Tensor]
 class Objective:
     compute: Callable[[PairBatch, Any], Output]
     """(batch, settings) -> output; settings is a PreferenceSettings (read by attribute)."""
-    reads: frozenset[str] = frozenset()
-    """PreferenceSettings fields the objective reads besides beta (the reference mode matters exactly when
-    `LossType.needs_reference`)."""
-    default_beta: float = 0.1
     needs_kl_ref_point: bool = False
 
 
@@ -69,19 +65,19 @@ def _with_reference(b: PairBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return b.policy_chosen, b.policy_rejected, b.ref_chosen, b.ref_rejected
 
 
-@register(LossType.DPO, reads=frozenset({"soft_labels"}))
+@register(LossType.DPO)
 def _dpo(b: PairBatch, s) -> Output:
     if s.soft_labels:
         return losses.soft_dpo_loss(*_with_reference(b), target=b.target, beta=s.effective_beta)
     return losses.dpo_loss(*_with_reference(b), beta=s.effective_beta)
 
 
-@register(LossType.CDPO, reads=frozenset({"label_smoothing"}))
+@register(LossType.CDPO)
 def _cdpo(b: PairBatch, s) -> Output:
     return losses.dpo_loss(*_with_reference(b), beta=s.effective_beta, label_smoothing=s.label_smoothing)
 
 
-@register(LossType.RDPO, reads=frozenset({"label_smoothing"}))
+@register(LossType.RDPO)
 def _rdpo(b: PairBatch, s) -> Output:
     return losses.robust_dpo_loss(*_with_reference(b), beta=s.effective_beta, label_smoothing=s.label_smoothing)
 
@@ -97,7 +93,7 @@ def _hinge(b: PairBatch, s) -> Output:
     return losses.hinge_loss(*_with_reference(b), beta=s.effective_beta)
 
 
-@register(LossType.SIMPO, reads=frozenset({"simpo_gamma"}), default_beta=2.0)
+@register(LossType.SIMPO)
 def _simpo(b: PairBatch, s) -> Output:
     return losses.simpo_loss(b.policy_chosen, b.policy_rejected, b.chosen_lengths, b.rejected_lengths,
                              beta=s.effective_beta, gamma=s.simpo_gamma)
@@ -109,8 +105,7 @@ def _orpo(b: PairBatch, s) -> Output:
                             beta=s.effective_beta)
 
 
-@register(LossType.KTO, reads=frozenset({"kto_desirable_weight", "kto_undesirable_weight"}),
-          needs_kl_ref_point=True)
+@register(LossType.KTO, needs_kl_ref_point=True)
 def _kto(b: PairBatch, s) -> Output:
     """KTO on the pairs split into desirable (chosen) and undesirable (rejected) examples; a pair's loss is the
     mean of its two examples' losses."""
@@ -124,7 +119,3 @@ def _kto(b: PairBatch, s) -> Output:
         b.kl_ref_point, beta=s.effective_beta, desirable_weight=s.kto_desirable_weight,
         undesirable_weight=s.kto_undesirable_weight)
     return (per_example[:half] + per_example[half:]) / 2, rewards[:half], rewards[half:]
-
-
-LOSS_SPECIFIC_SETTINGS = frozenset().union(*(o.reads for o in OBJECTIVES.values()))
-"""Settings that only some objectives read."""

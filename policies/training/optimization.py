@@ -12,53 +12,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from policies.training.checkpoints import LoopState, latest_checkpoint, load_checkpoint, save_checkpoint
 from policies.training.fused_lora import use_fused_lora
-from policies.training.recompute import Checkpointing, checkpointing_kwargs
+from policies.training.recompute import checkpointing_kwargs
+from policies.training.settings import OptimSettings
 
 log = logging.getLogger(__name__)
-
-
-class OptimSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    learning_rate: float = Field(default=5e-4, gt=0)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    """SGD keeps no optimizer state: the leanest choice when memory is what limits training."""
-    weight_decay: float = Field(default=0.0, ge=0)
-    scheduler: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_steps: int = Field(default=0, ge=0)
-    batch_size: int = Field(default=4, ge=1)
-    grad_accum: int = Field(default=1, ge=1)
-    max_grad_norm: float = Field(default=1.0, gt=0)
-    gradient_checkpointing: Checkpointing = "off"
-    """Activation memory against compute (see `recompute`): `full` recomputes each layer in the backward pass
-    (least memory); `selective` keeps its projections' and attention's outputs and recomputes the cheap rest
-    (about the speed of off for half its extra memory). true/false mean full/off."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """auto: bf16 autocast where the device supports it (CUDA with bf16), else fp32."""
-    seed: int = 0
-    """Set by the loop from the run's `seed` (never in a run config): data order, adapter init, dropout."""
-    checkpoint_every: int = Field(default=0, ge=0)
-    """Steps between resumable checkpoints (optimizer steps; PPO: rollout steps); 0 keeps none."""
-
-    @field_validator("gradient_checkpointing", mode="before")
-    @classmethod
-    def _boolean_checkpointing(cls, value: Any) -> Any:
-        return {True: "full", False: "off"}[value] if isinstance(value, bool) else value
-
-
-class EpochSettings(OptimSettings):
-    """Settings of the trainers that pass over a fixed dataset in epochs (all but PPO)."""
-
-    epochs: int = Field(default=1, ge=1)
-    max_steps: int | None = Field(default=None, ge=1)
-    length_bucketing: bool = True
 
 
 @dataclass(frozen=True)

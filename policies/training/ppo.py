@@ -18,10 +18,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
 
 from policies.serving import Conversation, Generator, SamplingParams
 from policies.serving.transformers_backend import TransformersGenerator
@@ -29,44 +27,11 @@ from policies.training import losses
 from policies.training.checkpoints import LoopState
 from policies.training.data import collate_sequences, encode_completions, encode_prompt
 from policies.training.heads import ScalarHead, hidden_size, last_hidden
-from policies.training.optimization import OptimSettings, StepLog, TrainingLoop
+from policies.training.optimization import StepLog, TrainingLoop
+from policies.training.settings import PPOSettings
 from policies.training.trainer import BuildContext, OnStep, TrainResult, register_trainer
 
 log = logging.getLogger(__name__)
-
-
-class PPOSettings(OptimSettings):
-    """PPO's own settings plus the optimizer's; no epochs or step limits (`rollouts` and `ppo_epochs` say how
-    long it trains). `checkpoint_every` counts rollout steps."""
-
-    rollouts: int = Field(default=4, ge=1)
-    """PPO steps: each is one rollout batch followed by `ppo_epochs` of updates."""
-    rollout_batch_size: int = Field(default=8, ge=1)
-    ppo_epochs: int = Field(default=2, ge=1)
-    max_new_tokens: int = Field(default=48, ge=1)
-    temperature: float = Field(default=1.0, gt=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    max_length: int = Field(default=512, ge=16)
-    clip_range: float = Field(default=0.2, gt=0)
-    clip_range_value: float = Field(default=0.2, gt=0)
-    value_coef: float = Field(default=0.1, ge=0)
-    gamma: float = Field(default=1.0, ge=0, le=1)
-    lam: float = Field(default=0.95, ge=0, le=1)
-    kl_coef: float = Field(default=0.05, ge=0)
-    kl_estimator: Literal["k1", "k3"] = "k1"
-    adaptive_kl: bool = False
-    kl_target: float = Field(default=6.0, gt=0)
-    """adaptive_kl only."""
-    kl_horizon: int = Field(default=10000, ge=1)
-    """adaptive_kl only."""
-    whiten_advantages: bool = True
-
-    @model_validator(mode="after")
-    def _adaptive_kl_settings_need_adaptive_kl(self) -> PPOSettings:
-        for name in ("kl_target", "kl_horizon"):
-            if not self.adaptive_kl and getattr(self, name) != type(self).model_fields[name].default:
-                raise ValueError(f"{name} is only used with adaptive_kl: true")
-        return self
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,9 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, model_validator
 from safetensors.torch import load_file, save_file
 
 from policies.training.batching import plan_batches
@@ -29,48 +28,11 @@ from policies.training.data import (
     sequence_logps,
     shared_prefix_logps,
 )
-from policies.training.losses import LossType
-from policies.training.objectives import LOSS_SPECIFIC_SETTINGS, OBJECTIVES, PairBatch
-from policies.training.optimization import EpochSettings, TrainingLoop
+from policies.training.objectives import OBJECTIVES, PairBatch
+from policies.training.optimization import TrainingLoop
+from policies.training.settings import PreferenceSettings
 from policies.training.shared_prefix_attention import use_shared_prefix_attention
 from policies.training.trainer import BuildContext, OnStep, TrainResult, register_trainer
-
-
-class PreferenceSettings(EpochSettings):
-    loss: LossType = LossType.DPO
-    beta: float | None = Field(default=None, gt=0)
-    """Default 0.1, or 2.0 for SimPO (its rewards are per-token averages)."""
-    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
-    """cDPO's and robust DPO's assumed label-flip rate (required > 0 for them, rejected for other losses)."""
-    soft_labels: bool = False
-    """dpo only: train against the judge's probability per pair (the CAI paper's soft labels) instead of 1."""
-    simpo_gamma: float = Field(default=0.5, ge=0)
-    kto_desirable_weight: float = Field(default=1.0, gt=0)
-    kto_undesirable_weight: float = Field(default=1.0, gt=0)
-    reference: Literal["precompute", "online"] = "precompute"
-    """precompute: reference log-probs once per dataset (cached beside checkpoints); online: every step.
-    Rejected for the reference-free losses (simpo, orpo)."""
-    max_length: int = Field(default=512, ge=16)
-    eval_pairs: int = Field(default=16, ge=1)
-    """The before/after evaluation runs on at most this many pairs (a fixed sample of the data); the one
-    before training is skipped when the adapter is fresh, since the policy then equals the reference."""
-
-    @property
-    def effective_beta(self) -> float:
-        return self.beta if self.beta is not None else OBJECTIVES[self.loss].default_beta
-
-    @model_validator(mode="after")
-    def _every_setting_acts(self) -> PreferenceSettings:
-        reads = OBJECTIVES[self.loss].reads
-        for name in sorted(LOSS_SPECIFIC_SETTINGS - reads):
-            if getattr(self, name) != type(self).model_fields[name].default:
-                users = sorted(str(k) for k, o in OBJECTIVES.items() if name in o.reads)
-                raise ValueError(f"{name} is only used by the {'/'.join(users)} loss, not by {self.loss}")
-        if "label_smoothing" in reads and self.label_smoothing == 0:
-            raise ValueError(f"{self.loss} needs label_smoothing > 0 (with 0 it is plain dpo)")
-        if not self.loss.needs_reference and self.reference != "precompute":
-            raise ValueError(f"{self.loss} is reference-free: `reference` does not apply")
-        return self
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,13 @@ side, 2 CPU threads): median step and peak RSS off 10.9 s / 4.9 GB, full 13.0 s 
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
-Checkpointing = Literal["off", "full", "selective"]
+from policies.training.settings import Checkpointing
+
 _MATMULS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
 _ATTENTION = tuple(getattr(torch.ops.aten, name).default for name in (
     "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",

@@ -10,24 +10,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from pydantic import Field
 
 from policies.training.batching import plan_batches
 from policies.training.data import EncodedPair, PreferenceExample, collate, encode_pair
 from policies.training.heads import ScalarHead, hidden_size, last_hidden
 from policies.training.losses import bradley_terry_loss
-from policies.training.optimization import EpochSettings, TrainingLoop
+from policies.training.optimization import TrainingLoop
 from policies.training.preference import parse_pair
+from policies.training.settings import RewardModelSettings
 from policies.training.trainer import BuildContext, OnStep, TrainResult, register_trainer
-
-
-class RewardModelSettings(EpochSettings):
-    max_length: int = Field(default=512, ge=16)
-    eval_fraction: float = Field(default=0.2, ge=0, lt=1)
-    """Share of pairs held out for evaluation (at least one pair when there are two or more)."""
-    margin_from_labels: bool = False
-    """Use the judge's confidence as the Bradley-Terry margin: logit(target)."""
-    calibration_bins: int = Field(default=10, ge=2)
 
 
 class RewardModel(torch.nn.Module):

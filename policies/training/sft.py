@@ -8,17 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pydantic import Field
 
 from policies.serving import Conversation
 from policies.training.batching import plan_batches
 from policies.training.data import collate_sequences, encode_completions, sequence_logps
-from policies.training.optimization import EpochSettings, TrainingLoop
+from policies.training.optimization import TrainingLoop
+from policies.training.settings import SFTSettings
 from policies.training.trainer import BuildContext, OnStep, TrainResult, register_trainer
-
-
-class SFTSettings(EpochSettings):
-    max_length: int = Field(default=512, ge=16)
 
 
 @dataclass(frozen=True)

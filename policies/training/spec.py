@@ -9,10 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from policies.adapters import LoraSettings
-from policies.training.ppo import PPOSettings
-from policies.training.preference import PreferenceSettings
-from policies.training.reward_model import RewardModelSettings
-from policies.training.sft import SFTSettings
+from policies.training.settings import PPOSettings, PreferenceSettings, RewardModelSettings, SFTSettings
 
 TrainerKind = Literal["preference", "sft", "reward_model", "ppo"]
 

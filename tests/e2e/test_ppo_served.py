@@ -10,7 +10,8 @@ import pytest
 from policies.adapters import LoraSettings, attach_trainable_adapter
 from policies.models import load_model
 from policies.serving.vllm_client import VllmAdmin
-from policies.training.ppo import PolicyWithValue, PPOSettings, PPOTrainer, ServedRollouts
+from policies.training.ppo import PolicyWithValue, PPOTrainer, ServedRollouts
+from policies.training.settings import PPOSettings
 
 pytestmark = pytest.mark.slow
 

@@ -110,7 +110,8 @@ def test_a_restarted_server_gets_the_current_adapter_back(vllm_served, iterated)
     with pytest.raises(UnknownModelError, match=name):
         VllmServerGenerator(vllm_served.url, name, retries=0).generate(
             [[{"role": "user", "content": "Hi"}]], SamplingParams(4))
-    policy = policy_generator(load_run_config(config_path), run_dir.name, 1, run_dir / "policies/v1")
+    config = load_run_config(config_path)
+    policy = policy_generator(config.generation.server, config.model.name, run_dir.name, 1, run_dir / "policies/v1")
     assert policy.model == name and name in admin.served()
     assert policy.generate([[{"role": "user", "content": "Hi"}]], SamplingParams(4))[0].strip()
 

@@ -150,7 +150,7 @@ def test_shards_are_spread_over_the_servers_and_each_server_gets_the_policy(fake
     second = FakeVllm(base=tiny_model_dir.name)
     with FakeVllmServer(second) as second_server:
         config = served_config(tiny_model_dir, cai_home, fake.url, urls=[second_server.url, fake.url])
-        assert servers(config) == [fake.url, second_server.url]  # each server once, `url` first
+        assert servers(config.generation.server) == [fake.url, second_server.url]  # each server once, `url` first
         run_iteration(config, tmp_path)  # v1 is promoted by the open gates and published on both servers
         v1 = adapter_name(tmp_path.name, 1, tmp_path / "policies/v1")
         assert set(fake.adapters) == set(second.adapters) == {v1}

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from policies.training.launcher import TrainingFailed, launch
-from policies.training.preference import PreferenceSettings
+from policies.training.settings import PreferenceSettings
 from policies.training.spec import TrainSpec
 
 PAIRS = [{"prompt": [{"role": "user", "content": f"Question {i}?"}], "chosen": f"A careful answer {i}.",

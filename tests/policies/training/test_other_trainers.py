@@ -8,16 +8,16 @@ import torch
 from policies.adapters import LoraSettings, attach_trainable_adapter
 from policies.models import load_model
 from policies.training.data import PreferenceExample
-from policies.training.ppo import PolicyWithValue, PPOSettings, PPOTrainer
+from policies.training.ppo import PolicyWithValue, PPOTrainer
 from policies.training.reward_model import (
     RewardModel,
-    RewardModelSettings,
     RewardModelTrainer,
     expected_calibration_error,
     pearson,
     split_held_out,
 )
-from policies.training.sft import SFTExample, SFTSettings, SFTTrainer
+from policies.training.settings import PPOSettings, RewardModelSettings, SFTSettings
+from policies.training.sft import SFTExample, SFTTrainer
 
 
 def test_pearson_by_hand():

@@ -14,8 +14,8 @@ from policies.training.data import (
     completion_text,
     encode_pair,
 )
-from policies.training.losses import LossType
-from policies.training.preference import PreferenceSettings, PreferenceTrainer
+from policies.training.preference import PreferenceTrainer
+from policies.training.settings import LossType, PreferenceSettings
 from policies.training.shared_prefix_attention import Segment, SegmentIndex, use_shared_prefix_attention
 
 EXAMPLES = [

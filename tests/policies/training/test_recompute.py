@@ -9,9 +9,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from policies.adapters import LoraSettings, attach_trainable_adapter
 from policies.models import load_model
-from policies.training.optimization import OptimSettings, TrainingLoop
+from policies.training.optimization import TrainingLoop
 from policies.training.ppo import PolicyWithValue
 from policies.training.reward_model import RewardModel
+from policies.training.settings import OptimSettings
 
 MATMULS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
 ATTENTION = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default

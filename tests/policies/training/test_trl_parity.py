@@ -112,7 +112,7 @@ def test_orpo_equals_trl_orpo_loss(logps):
 
 def test_kto_equals_trl(logps):
     from policies.training.objectives import OBJECTIVES, PairBatch
-    from policies.training.preference import PreferenceSettings
+    from policies.training.settings import PreferenceSettings
 
     policy_chosen, policy_rejected, ref_chosen, ref_rejected = logps
     g = torch.Generator().manual_seed(1)

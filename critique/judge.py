@@ -35,7 +35,6 @@ COT_LABELS = (" A", " B")
 """After "Verdict:" the label is a new word: its token carries the leading space."""
 YES_NO = ("Yes", "No")
 MethodName = Literal["labels", "ensemble", "self-consistency", "pointwise", "cot"]
-METHODS: tuple[MethodName, ...] = ("labels", "ensemble", "self-consistency", "pointwise", "cot")
 
 
 @dataclass(frozen=True)
@@ -257,19 +256,34 @@ class ChainOfThoughtJudge:
         return _pairwise([label_probability(s, self.min_label_prob) for s in scores])
 
 
+@dataclass(frozen=True)
+class MethodOptions:
+    """The judge settings a method may use (`judge.*` in a run config)."""
+
+    ensemble_k: int = 3
+    samples: int = 5
+    min_label_prob: float = 1e-4
+    seed: int = 0
+
+
+MethodFactory = Callable[[Constitution, MethodOptions], JudgeMethod]
+JUDGE_METHODS: dict[str, MethodFactory] = {
+    "labels": lambda constitution, o: LabelJudge(o.min_label_prob),
+    "ensemble": lambda constitution, o: EnsembleJudge(constitution, o.ensemble_k, o.min_label_prob),
+    "self-consistency": lambda constitution, o: SelfConsistencyJudge(o.samples, seed=o.seed),
+    "pointwise": lambda constitution, o: PointwiseJudge(o.min_label_prob),
+    "cot": lambda constitution, o: ChainOfThoughtJudge(min_label_prob=o.min_label_prob),
+}
+"""Each method's name and how it is made from the constitution and the judge settings."""
+METHODS: tuple[str, ...] = tuple(JUDGE_METHODS)
+
+
 def make_method(name: MethodName, constitution: Constitution, *, ensemble_k: int = 3, samples: int = 5,
                 min_label_prob: float = 1e-4, seed: int = 0) -> JudgeMethod:
-    if name == "labels":
-        return LabelJudge(min_label_prob)
-    if name == "ensemble":
-        return EnsembleJudge(constitution, ensemble_k, min_label_prob)
-    if name == "self-consistency":
-        return SelfConsistencyJudge(samples, seed=seed)
-    if name == "pointwise":
-        return PointwiseJudge(min_label_prob)
-    if name == "cot":
-        return ChainOfThoughtJudge(min_label_prob=min_label_prob)
-    raise ValueError(f"unknown judge method {name!r}; choose one of {', '.join(METHODS)}")
+    factory = JUDGE_METHODS.get(name)
+    if factory is None:
+        raise ValueError(f"unknown judge method {name!r}; choose one of {', '.join(METHODS)}")
+    return factory(constitution, MethodOptions(ensemble_k, samples, min_label_prob, seed))
 
 
 def judge(generator: Generator, matchups: Sequence[Matchup], progress: Progress | None = None) -> list[Verdict]:

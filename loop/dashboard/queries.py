@@ -15,9 +15,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from critique.injection import is_injection
-from critique.sampler import clamp, hygiene_reason
+from critique.pairs import PairRules, revision_pair, sampler_reason
 from loop.operate.promotion import evaluation_metrics, unresolved_halt
 from loop.operate.summary import iteration_summary, latest_iteration, latest_reviews, review_agreement
+from loop.pipeline.names import StageName
 from loop.store import (
     Comparison,
     Critique,
@@ -38,8 +39,8 @@ from loop.store import (
 from loop.store.lease import describe as describe_lease
 from loop.store.lease import holder_gone
 
-STAGE_ORDER = ("generate", "critique", "judge", "pairs", "train", "evaluate")
-"""The order `loop.pipeline.stages.STAGES` runs them in (not imported: that module pulls in the model code)."""
+STAGE_ORDER = tuple(stage.value for stage in StageName)
+"""The order `loop.pipeline.stages.STAGES` runs them in."""
 
 CHARTS = (
     ("win_rate_vs_previous", "judge win rate vs. previous policy"),
@@ -200,39 +201,33 @@ def verdict_of(comparison: Comparison | None) -> str | None:
     return "revision" if comparison.p_b > 0.5 else "response" if comparison.p_b < 0.5 else "tie"
 
 
-@dataclass(frozen=True)
-class PairRules:
-    """What the pairs stage applied to a run (from its config): the source, the judge's margin and label range."""
+def pair_rules(run: Run | None) -> PairRules:
+    """The pair rules the run's pairs stage applied, read from its stored config through the config's own models
+    (so their defaults), not copied here."""
+    from loop.config.run import JudgeSettings, PairSettings  # the config module loads the model code: not at import
 
-    source: str = "judged"
-    judge_margin: float = 0.0
-    label_range: tuple[float, float] = (0.0, 1.0)
-
-    @classmethod
-    def of(cls, run: Run | None) -> PairRules:
-        config = run.config if run else {}
-        judge = config.get("judge") or {}
-        return cls(source=(config.get("pairs") or {}).get("source", "judged"),
-                   judge_margin=judge.get("margin", 0.0), label_range=tuple(judge.get("label_range", (0.0, 1.0))))
+    config = run.config if run else {}
+    judge = JudgeSettings.model_validate(config.get("judge") or {})
+    return PairRules(PairSettings.model_validate(config.get("pairs") or {}).source, judge.margin, judge.label_range)
 
 
 def drop_reason(sample: Sample, comparison: Comparison | None, margin: float | None, rules: PairRules) -> str:
     """Why a sample became no pair. The sampler counts drops per iteration, not per sample, so this re-applies
-    its per-pair rules (abstention, the judge's veto, hygiene, confidence under the iteration's `margin`); what
-    is left was dropped by a rule over the whole iteration (de-duplication, length-bias control, the limit)."""
+    the pairs stage's per-pair rules (`critique.pairs`: abstention, the judge's veto, hygiene, confidence under
+    the iteration's `margin`); what is left was dropped by a rule over the whole iteration (de-duplication,
+    length-bias control, the limit)."""
     if comparison is None:
         return "not judged (this iteration's pair source does not use the revision)"
-    if comparison.abstained:
+    candidate = revision_pair(sample, comparison, rules)
+    reason = candidate if isinstance(candidate, str) else sampler_reason(candidate, margin)
+    if reason == "abstained":
         return "abstained: the judge gave no usable verdict"
-    if rules.source != "judged" and comparison.p_b < 0.5 - rules.judge_margin:
+    if reason == "judge-disagrees":
         return "judge-disagrees: the judge confidently preferred the original answer"
-    revision_wins = rules.source != "judged" or comparison.p_b > 0.5
-    chosen, rejected = (sample.revision, sample.response) if revision_wins else (sample.response, sample.revision)
-    reason = hygiene_reason(chosen or "", rejected or "")
+    if reason == "not-confident":
+        return f"not-confident: the judge's label is within {margin:.2f} of a coin flip"
     if reason:
         return f"{reason}: failed label hygiene"
-    if rules.source == "judged" and margin is not None and abs(clamp(comparison.p_b, rules.label_range) - 0.5) < margin:
-        return f"not-confident: the judge's label is within {margin:.2f} of a coin flip"
     return "dropped by de-duplication, length-bias control or the pair limit (see the iteration's drop counts)"
 
 
@@ -255,7 +250,7 @@ def _sample_rows(session: Session, where, *, limit: int | None = None, offset: i
     reviews = latest_reviews(session)
     indexes = dict(session.execute(select(Iteration.id, Iteration.index)).all())
     margins = _iteration_margins(session)
-    rules = PairRules.of(run_row(session))
+    rules = pair_rules(run_row(session))
     rows = []
     for s in samples:
         comparison, pair = comparisons.get(s.id), pairs.get(s.id)

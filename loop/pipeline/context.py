@@ -6,7 +6,7 @@ import gc
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from constitution import Constitution, PrincipleSampler
 from loop.config import RunConfig
 from loop.pipeline import vllm_backend
+from loop.pipeline.names import StageName
 from loop.progress import Reporter
 from loop.store import Metric, StageRun, Store
 from policies.models import load_model, resolve_model_dir
@@ -109,8 +110,10 @@ class IterationContext:
     shard: int = 0
     shards: int = 1
     """This context works on shard `shard` of `shards`: every `shards`-th sample, by id (`mine`)."""
-    started: dict[str, float] = field(default_factory=dict)
-    counters_at_start: dict[str, dict[str, float] | None] = field(default_factory=dict)
+    stage: StageName | None = None
+    """The stage running now, named once when it starts (`begin`): `complete` records it."""
+    started: float = 0.0
+    counters_at_start: dict[str, float] | None = None
 
     @property
     def constitution_hash(self) -> str:
@@ -130,18 +133,19 @@ class IterationContext:
         return items if self.shards == 1 else items[self.shard::self.shards]
 
     def begin(self, stage: str) -> None:
-        """Start the stage's clock (and, on a server, note its counters) just before it runs."""
-        self.started[stage] = time.perf_counter()
-        self.counters_at_start[stage] = self.engines.counters()
+        """Start `stage`: name it, start its clock (and, on a server, note its counters) just before it runs."""
+        self.stage = StageName(stage)
+        self.started = time.perf_counter()
+        self.counters_at_start = self.engines.counters()
 
-    def complete(self, session: Session, stage: str) -> None:
+    def complete(self, session: Session) -> None:
         """Record this stage shard as done: call inside the transaction that writes its outputs (its unique
         (iteration, stage, shard) makes a second commit of the same shard fail with all its outputs)."""
         self.fence(session)
-        wall = time.perf_counter() - self.started[stage]
-        session.add(StageRun(iteration_id=self.iteration_id, stage=stage, shard=self.shard, wall_s=wall))
-        before = self.counters_at_start.get(stage)
+        wall = time.perf_counter() - self.started
+        session.add(StageRun(iteration_id=self.iteration_id, stage=self.stage.value, shard=self.shard, wall_s=wall))
+        before = self.counters_at_start
         after = self.engines.counters() if before is not None else None
         if before is not None and after is not None:
             for name, value in vllm_backend.serving_metrics(before, after, wall).items():
-                session.add(Metric(iteration_id=self.iteration_id, stage=stage, name=name, value=value))
+                session.add(Metric(iteration_id=self.iteration_id, stage=self.stage.value, name=name, value=value))

@@ -159,20 +159,20 @@ def run_iteration(config: RunConfig, run_dir: Path, reporter: Reporter | None = 
                                    iteration_id=iteration_id, iteration_index=index, constitution=constitution,
                                    engines=_engines(config, store, run_id, run_dir), reporter=reporter,
                                    fence=lease.fence)
-            for name, stage in STAGES.items():
+            for stage in STAGES.values():
                 with store.session() as session:
                     # One shard per stage, unless a daemon (`cai run`) began splitting it: then its shards.
-                    shards = shard_count(session, iteration_id, name, None)
-                    pending = sorted(set(range(shards)) - done_shards(session, iteration_id, name))
+                    shards = shard_count(session, iteration_id, stage.name, None)
+                    pending = sorted(set(range(shards)) - done_shards(session, iteration_id, stage.name))
                 if not pending:
-                    log.info("stage %s of iteration %d already done", name, index)
+                    log.info("stage %s of iteration %d already done", stage.name, index)
                     continue
-                log.info("stage %s of iteration %d starting", name, index)
-                position.stage = name
+                log.info("stage %s of iteration %d starting", stage.name, index)
+                position.stage = stage.name
                 for shard in pending:
                     ctx.shard, ctx.shards = shard, shards
-                    ctx.begin(name)
-                    stage(ctx)
+                    ctx.begin(stage.name)
+                    stage.run(ctx)
             position.stage = None
             _finish(ctx)
             with store.session() as session:

@@ -19,10 +19,13 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AgeLimit, Retries, ShutdownNotifications, TimeLimit
 
+from loop.pipeline.names import Queue
+
 log = logging.getLogger(__name__)
 
 BROKER_URL = "CAI_BROKER_URL"
-QUEUES = ("infer", "train", "cpu")
+QUEUES = tuple(Queue)
+"""Every stage's shards go to one of these (`loop.pipeline.stages.Stage.queue`)."""
 HOUR_MS = 3600 * 1000
 
 
@@ -36,10 +39,10 @@ class ActorPolicy:
 
 POLICIES = {
     # A shard of inference on a slow CPU or a busy server; a worker that dies mid-way is covered by the claim.
-    "infer": ActorPolicy(time_limit_ms=6 * HOUR_MS, max_retries=2),
+    Queue.INFER: ActorPolicy(time_limit_ms=6 * HOUR_MS, max_retries=2),
     # Training resumes from its last checkpoint, so a retry loses at most one save interval.
-    "train": ActorPolicy(time_limit_ms=48 * HOUR_MS, max_retries=2),
-    "cpu": ActorPolicy(time_limit_ms=1 * HOUR_MS, max_retries=2),
+    Queue.TRAIN: ActorPolicy(time_limit_ms=48 * HOUR_MS, max_retries=2),
+    Queue.CPU: ActorPolicy(time_limit_ms=1 * HOUR_MS, max_retries=2),
 }
 """Retries are for passing failures (a database or server blip); the controller gives up on a shard after
 `service.max_attempts` claims and fails the iteration with its last error."""
@@ -77,7 +80,7 @@ class Broker:
         """One consuming worker thread (a process holds one model; more processes, more throughput). A trainer
         takes one message at a time (prefetch 1): a second training message must stay free for another node."""
         worker = dramatiq.Worker(self.broker, queues=queues, worker_threads=1, worker_timeout=200)
-        if queues is None or "train" in queues:
+        if queues is None or Queue.TRAIN in queues:
             worker.queue_prefetch = 1
             worker.delay_prefetch = 1
         return worker
@@ -116,9 +119,9 @@ def make_broker(url: str | None = None) -> Broker:
     for queue in QUEUES:
         policy = POLICIES[queue]
         actors[queue] = dramatiq.actor(
-            _run_shard, actor_name=f"cai_{queue}_shard", queue_name=queue, broker=broker,
+            _run_shard, actor_name=f"cai_{queue.value}_shard", queue_name=queue.value, broker=broker,
             time_limit=policy.time_limit_ms, max_retries=policy.max_retries, min_backoff=policy.min_backoff_ms,
             max_backoff=policy.max_backoff_ms, max_age=None, notify_shutdown=True)
-    noop = dramatiq.actor(_noop, actor_name="cai_noop", queue_name="cpu", broker=broker, time_limit=60_000,
+    noop = dramatiq.actor(_noop, actor_name="cai_noop", queue_name=Queue.CPU.value, broker=broker, time_limit=60_000,
                           max_retries=0, max_age=None, notify_shutdown=True)
     return Broker(broker, actors, noop)

@@ -27,14 +27,14 @@ from loop.operate.summary import iteration_summary
 from loop.pipeline.context import IterationContext
 from loop.pipeline.inputs import record_constitution
 from loop.pipeline.iteration import _engines, _finish, _run_name, open_iteration, validate_inputs
-from loop.pipeline.stages import STAGES
+from loop.pipeline.stages import STAGES, Stage
 from loop.progress import NullReporter, Position
 from loop.service.broker import Broker
 from loop.service.worker import iteration_constitution
 from loop.store import Iteration, IterationInputs, Run, ShardClaim, Store
 from loop.store.database import open_run_store
 from loop.store.lease import Lease, acquire
-from loop.store.shards import QUEUES, describe, done_shards, ensure_claims, shard_count
+from loop.store.shards import describe, done_shards, ensure_claims, shard_count
 from policies.runtime import configure_threads
 
 log = logging.getLogger(__name__)
@@ -163,12 +163,12 @@ class Controller:
                                engines=_engines(self.config, store, run_id, self.run_dir), reporter=NullReporter(),
                                fence=lease.fence)
         started = time.perf_counter()
-        for stage in STAGES:
-            self.position.stage = stage
+        for stage in STAGES.values():
+            self.position.stage = stage.name
             stage_started = time.perf_counter()
             if not self._stage(store, lease, iteration_id, index, stage):
                 return False
-            self.stage_seconds[(index, stage)] = time.perf_counter() - stage_started
+            self.stage_seconds[(index, stage.name)] = time.perf_counter() - stage_started
             if not self._may_go_on(store, lease, run_id, between_iterations=False):
                 return False
         self.position.stage = None
@@ -179,7 +179,7 @@ class Controller:
                 self.on_iteration(iteration_summary(session, session.get(Iteration, iteration_id)))
         return True
 
-    def _stage(self, store: Store, lease: Lease, iteration_id: int, index: int, stage: str) -> bool:
+    def _stage(self, store: Store, lease: Lease, iteration_id: int, index: int, stage: Stage) -> bool:
         """Send the stage's shards and wait until all are done; False when stopped first."""
         service = self.config.service
         reported = -1
@@ -187,22 +187,23 @@ class Controller:
             now = time.time()
             with store.session() as session:
                 lease.fence(session)
-                shards = shard_count(session, iteration_id, stage, service.shard_size)
-                claims = ensure_claims(session, iteration_id, stage, shards)
-                done = done_shards(session, iteration_id, stage)
+                shards = shard_count(session, iteration_id, stage.name, service.shard_size,
+                                     by_samples=stage.sharded_by_samples)
+                claims = ensure_claims(session, iteration_id, stage.name, shards)
+                done = done_shards(session, iteration_id, stage.name)
                 due = []
                 for c in claims:
                     if c.shard in done:
                         continue
                     free = c.owner is None or c.expires_at < now
                     if free and c.attempts >= service.max_attempts:
-                        raise ShardFailed(f"{describe(stage, c.shard, shards, index)} failed {c.attempts} times; "
+                        raise ShardFailed(f"{describe(stage.name, c.shard, shards, index)} failed {c.attempts} times; "
                                           f"last error: {c.error or 'its worker stopped'}")
                     expired_unsent = c.owner is not None and c.expires_at < now and c.sent_at < c.expires_at
                     if c.sent_at == 0 or expired_unsent or (free and now - c.sent_at > service.requeue_after_s):
                         due.append(c)
             if len(done) != reported:
-                log.info("stage %s of iteration %d: %d/%d shards done", stage, index, len(done), shards)
+                log.info("stage %s of iteration %d: %d/%d shards done", stage.name, index, len(done), shards)
                 reported = len(done)
             if len(done) == shards:
                 return True
@@ -210,13 +211,15 @@ class Controller:
             if not self._wait():
                 return False
 
-    def _send(self, store: Store, stage: str, due: list) -> None:
-        """Send each due shard's message; a broker that is down now is retried at the next poll."""
+    def _send(self, store: Store, stage: Stage, due: list) -> None:
+        """Send each due shard's message to its stage's queue; a broker that is down now is retried at the next
+        poll."""
         for c in due:
             try:
-                self.broker.send_shard(QUEUES[stage], self.run_dir, self.run_name, c.iteration_id, stage, c.shard)
+                self.broker.send_shard(stage.queue, self.run_dir, self.run_name, c.iteration_id, stage.name.value,
+                                       c.shard)
             except Exception as exc:  # redis.ConnectionError and the like: nothing is marked sent
-                log.warning("could not send %s shard %d to the broker (%s); retrying", stage, c.shard, exc)
+                log.warning("could not send %s shard %d to the broker (%s); retrying", stage.name, c.shard, exc)
                 return
             with store.session() as session:
                 session.execute(update(ShardClaim).where(ShardClaim.id == c.id).values(sent_at=time.time()))

@@ -1,6 +1,6 @@
 """What a daemon's worker does with one shard message: claim the shard, build its iteration context (with the
-process's warm engines) and run the stage's own function on it (`loop.pipeline.stages`), so a shard is exactly the work
-`cai iterate` does for that slice of samples."""
+process's warm engines) and run the stage's own function on it (`loop.pipeline.stages.STAGES`), so a shard is exactly
+the work `cai iterate` does for that slice of samples."""
 
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ class ShardRunner:
             ctx.fence = held.fence
             log.info("%s starting (attempt %d)", describe(stage, shard, ctx.shards, ctx.iteration_index), held.attempt)
             ctx.begin(stage)
-            STAGES[stage](ctx)
+            STAGES[stage].run(ctx)
         except BaseException as exc:
             first = (str(exc).strip().splitlines() or [""])[0]
             try:

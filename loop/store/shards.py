@@ -1,13 +1,13 @@
 """Shards: the units of work the daemon hands to its workers, and their claims.
 
-A stage of an iteration is split into shards (generate, critique and judge: slices of the iteration's samples;
-pairs, train and evaluate: one shard each). Each shard has a `ShardClaim` row, created by the controller before
-its message is sent. A worker claims the row by compare-and-set (free, or its holder's claim expired), beats while
-it works, and commits the shard's outputs together with its StageRun row (the done mark) in a transaction that
-first proves the claim is still its own (`Claim.fence`). The StageRun row's unique (iteration, stage, shard)
-makes a second commit of the same shard impossible, even if two workers race. A message for a shard that is
-done, or held by a live worker, is acknowledged and ignored: the broker's redelivery is never needed for
-correctness, only the controller's re-sending of unclaimed or expired shards (`loop.service.controller`).
+A stage of an iteration is split into shards: slices of the iteration's samples where the stage's record says so
+(`loop.pipeline.stages.Stage.sharded_by_samples`), else one shard. Each shard has a `ShardClaim` row, created by
+the controller before its message is sent. A worker claims the row by compare-and-set (free, or its holder's claim
+expired), beats while it works, and commits the shard's outputs together with its StageRun row (the done mark) in
+a transaction that first proves the claim is still its own (`Claim.fence`). The StageRun row's unique
+(iteration, stage, shard) makes a second commit of the same shard impossible, even if two workers race. A message
+for a shard that is done, or held by a live worker, is acknowledged and ignored: the broker's redelivery is never
+needed for correctness, only the controller's re-sending of unclaimed or expired shards (`loop.service.controller`).
 """
 
 from __future__ import annotations
@@ -28,24 +28,20 @@ from loop.store import Sample, ShardClaim, StageRun, Store
 
 log = logging.getLogger(__name__)
 
-SAMPLE_SHARDED = ("generate", "critique", "judge")
-QUEUES = {"generate": "infer", "critique": "infer", "judge": "infer", "pairs": "cpu", "train": "train",
-          "evaluate": "infer"}
-"""The broker queue of each stage's shards: model inference, CPU-only work, training."""
-
 
 class ShardLost(RuntimeError):
     """This worker's claim expired and the shard may be someone else's now: its work must not be recorded."""
 
 
-def shard_count(session: Session, iteration_id: int, stage: str, shard_size: int | None) -> int:
-    """How many shards the stage has: fixed by its claim rows once it started, else planned from the samples
-    (`shard_size` None: one shard, as `cai iterate` runs a stage)."""
+def shard_count(session: Session, iteration_id: int, stage: str, shard_size: int | None, *,
+                by_samples: bool = False) -> int:
+    """How many shards the stage has: fixed by its claim rows once it started, else planned: `shard_size` samples
+    each for a stage split `by_samples`, one otherwise (and when `shard_size` is None, as `cai iterate` runs)."""
     planned = session.scalar(select(func.max(ShardClaim.shards)).where(
         ShardClaim.iteration_id == iteration_id, ShardClaim.stage == stage))
     if planned:
         return planned
-    if shard_size is None or stage not in SAMPLE_SHARDED:
+    if shard_size is None or not by_samples:
         return 1
     samples = session.scalar(select(func.count()).select_from(Sample).where(Sample.iteration_id == iteration_id))
     return max(1, math.ceil(samples / shard_size))

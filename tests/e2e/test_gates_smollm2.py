@@ -2,6 +2,7 @@
 over-refusal, and the current policy stays."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,8 @@ import yaml
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-import loop.pipeline.stages
 from loop.cli import app
+from loop.pipeline.stages import STAGES
 from loop.store import EvalResponse, Run, Store
 from tests.loop.refuser import train_a_refuser
 
@@ -41,7 +42,7 @@ def config_path(tmp_path, cai_home) -> Path:
 
 
 def test_a_refuse_everything_candidate_is_rejected_for_over_refusal(config_path, tmp_path, monkeypatch):
-    monkeypatch.setitem(loop.pipeline.stages.STAGES, "train", train_a_refuser)
+    monkeypatch.setitem(STAGES, "train", replace(STAGES["train"], run=train_a_refuser))
     run_dir = tmp_path / "run"
     runner = CliRunner()
     result = runner.invoke(app, ["iterate", "--config", str(config_path), "--run-dir", str(run_dir)])

@@ -3,7 +3,7 @@ fine-tunes (SFT, with the config's `train.sft` settings) on a refusal of every b
 
 from pathlib import Path
 
-from loop.pipeline.train_stage import Training
+from loop.pipeline.stages.train import Training
 from loop.prompts import load_prompts
 from loop.store import Policy
 
@@ -22,4 +22,4 @@ def train_a_refuser(ctx) -> None:
         session.add(Policy(run_id=ctx.run_id, version=1, parent_version=0, adapter_path="policies/v1",
                            iteration_id=ctx.iteration_id, constitution_hash=ctx.constitution_hash, trainer="sft"))
         session.add_all(training.metrics)
-        ctx.complete(session, "train")
+        ctx.complete(session)

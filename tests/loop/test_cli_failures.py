@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,10 @@ import yaml
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-import loop.pipeline.stages
 from loop.cli import app
 from loop.config import load_run_config
 from loop.pipeline.iteration import run_iteration
+from loop.pipeline.stages import STAGES
 from loop.store import IterationInputs
 from loop.store.database import open_run_store
 from tests.loop.runs import (
@@ -41,17 +42,17 @@ def interrupted_run(tmp_path_factory, tiny_model_dir, cai_home) -> tuple[Path, P
     folder = tmp_path_factory.mktemp("interrupted")
     config = write_config(folder / "config.yaml", tiny_config(tiny_model_dir, cai_home))
     run_dir = folder / "run"
-    real_train = loop.pipeline.stages.STAGES["train"]
+    real_train = STAGES["train"]
 
     def crash(ctx):
         raise RuntimeError("injected crash in train")
 
-    loop.pipeline.stages.STAGES["train"] = crash
+    STAGES["train"] = replace(real_train, run=crash)
     try:
         with pytest.raises(RuntimeError, match="injected"):
             run_iteration(load_run_config(config), run_dir)
     finally:
-        loop.pipeline.stages.STAGES["train"] = real_train
+        STAGES["train"] = real_train
     return config, run_dir
 
 

@@ -2,6 +2,7 @@
 `cai eval` and `cai metrics`."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,12 +10,12 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 import loop.pipeline.context
-import loop.pipeline.stages
 from loop.cli import app
 from loop.config import RunConfig, resolve_paths, save_run_config
 from loop.evaluation.gates import GATES
 from loop.operate.promotion import RunHalted
 from loop.pipeline.iteration import run_iteration
+from loop.pipeline.stages import STAGES
 from loop.store import EvalResponse, Evaluation, GateDecision, Iteration, PolicyMove, Run, Sample, Store
 from tests.loop.refuser import train_a_refuser
 
@@ -99,7 +100,7 @@ def test_a_refuse_everything_candidate_is_rejected_for_over_refusal(tiny_model_d
         "train": config.train.model_copy(update={"sft": config.train.sft.model_copy(update={
             "epochs": 8, "learning_rate": 2e-2, "batch_size": 8, "max_length": 96})}),
         "evaluation": config.evaluation.model_copy(update={"per_set": 4, "max_new_tokens": 12})})
-    monkeypatch.setitem(loop.pipeline.stages.STAGES, "train", train_a_refuser)
+    monkeypatch.setitem(STAGES, "train", replace(STAGES["train"], run=train_a_refuser))
     summary = run_iteration(config, tmp_path)
     gate, metrics = summary["gate"], summary["evaluation"]["metrics"]
     assert (gate["outcome"], gate["candidate"], gate["current_policy"]) == ("reject", "v1", "v0")

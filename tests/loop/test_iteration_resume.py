@@ -1,15 +1,16 @@
 """Fault injection: a stage that dies leaves nothing half-written, and a re-run redoes only what is missing."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-import loop.pipeline.stages
 from loop.config import RunConfig, resolve_paths
 from loop.evaluation.gates import GATES
 from loop.pipeline.iteration import run_iteration
+from loop.pipeline.stages import STAGES
 from loop.store import Comparison, Critique, Iteration, Pair, Policy, Run, Sample, StageRun, Store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,12 +51,12 @@ def snapshot(run_dir: Path) -> dict:
 
 
 def test_crash_in_training_then_resume_redoes_only_training(config, tmp_path, monkeypatch):
-    real_train = loop.pipeline.stages.STAGES["train"]
+    real_train = STAGES["train"]
 
     def crash(ctx):
         raise RuntimeError("injected crash in train")
 
-    monkeypatch.setitem(loop.pipeline.stages.STAGES, "train", crash)
+    monkeypatch.setitem(STAGES, "train", replace(STAGES["train"], run=crash))
     with pytest.raises(RuntimeError, match="injected"):
         run_iteration(config, tmp_path)
     before = snapshot(tmp_path)
@@ -64,8 +65,8 @@ def test_crash_in_training_then_resume_redoes_only_training(config, tmp_path, mo
     assert before["policies"] == [0]
 
     generations = []
-    monkeypatch.setitem(loop.pipeline.stages.STAGES, "train", real_train)
-    monkeypatch.setitem(loop.pipeline.stages.STAGES, "generate", lambda ctx: generations.append(ctx))
+    monkeypatch.setitem(STAGES, "train", real_train)
+    monkeypatch.setitem(STAGES, "generate", replace(STAGES["generate"], run=lambda ctx: generations.append(ctx)))
     summary = run_iteration(config, tmp_path)
     after = snapshot(tmp_path)
     assert generations == []  # finished stages were not re-run

@@ -14,11 +14,11 @@ from constitution import load_constitution
 from loop.cli import app
 from loop.config import RunConfig, resolve_paths
 from loop.operate.summary import iteration_summary
-from loop.pipeline import stages
 from loop.pipeline.context import IterationContext
 from loop.pipeline.iteration import open_iteration
+from loop.pipeline.stages import STAGES
 from loop.progress import NullReporter
-from loop.store import Contrast, Iteration, Pair, Review, Store
+from loop.store import Contrast, Iteration, Pair, Review, Sample, Store
 from tests.critique.fakes import ScriptedGenerator
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,7 +84,7 @@ def run_stages(config: RunConfig, run_dir: Path, policy=None, judge=None) -> dic
                            iteration_index=index, constitution=RULES, engines=engines, reporter=NullReporter())
     for name in ("generate", "critique", "judge", "pairs"):
         ctx.begin(name)
-        stages.STAGES[name](ctx)
+        STAGES[name].run(ctx)
     with store.session() as session:
         session.get(Iteration, iteration_id).status = "done"
     with store.session() as session:
@@ -118,7 +118,7 @@ def test_contrastive_pairs_are_labelled_by_construction_with_principles_for_the_
     store = Store.for_run_dir(tmp_path)
     with store.session() as session:
         for contrast in session.scalars(select(Contrast)):
-            category = session.get(stages.Sample, contrast.sample_id).prompt_category
+            category = session.get(Sample, contrast.sample_id).prompt_category
             applies = RULES.get(contrast.principle_id).applies_to
             assert not applies or category in applies
     store.dispose()

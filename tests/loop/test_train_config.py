@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from loop.config import RunConfig
-from loop.pipeline.train_stage import train_spec
+from loop.pipeline.stages.train import train_spec
 
 LOOP_ONLY = {
     "home": "caches: where the built-in model is converted (the spec gets the converted model_dir)",

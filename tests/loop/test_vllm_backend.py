@@ -3,16 +3,17 @@ publication per version, keep-N unloading, republication after a restart, per-st
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-import loop.pipeline.stages
 from loop.config import RunConfig, resolve_paths
 from loop.evaluation.gates import GATES
 from loop.pipeline.context import IterationContext
 from loop.pipeline.iteration import run_iteration
+from loop.pipeline.stages import STAGES
 from loop.pipeline.vllm_backend import adapter_name
 from loop.store import Comparison, Policy, Run, Sample, Store
 from policies.serving.vllm_server import free_port
@@ -50,8 +51,8 @@ def no_evaluation(monkeypatch):
     measures nothing and the open gates promote every candidate."""
     def skip(ctx: IterationContext) -> None:
         with ctx.store.session() as session:
-            ctx.complete(session, "evaluate")
-    monkeypatch.setitem(loop.pipeline.stages.STAGES, "evaluate", skip)
+            ctx.complete(session)
+    monkeypatch.setitem(STAGES, "evaluate", replace(STAGES["evaluate"], run=skip))
 
 
 def fake_train(ctx: IterationContext) -> None:
@@ -65,7 +66,7 @@ def fake_train(ctx: IterationContext) -> None:
         (ctx.run_dir / rel / "adapter_config.json").write_text(json.dumps({"r": 4}))
         session.add(Policy(run_id=ctx.run_id, version=version, parent_version=parent, adapter_path=rel,
                            iteration_id=ctx.iteration_id, trainer="fake"))
-        ctx.complete(session, "train")
+        ctx.complete(session)
 
 
 def models_used(fake: FakeVllm) -> set[str]:
@@ -94,7 +95,7 @@ def test_an_iteration_runs_on_the_server_and_publishes_its_policy(fake, tiny_mod
 
 def test_each_version_is_served_by_name_and_old_ones_are_unloaded(fake, tiny_model_dir, cai_home, tmp_path,
                                                                    monkeypatch):
-    monkeypatch.setitem(loop.pipeline.stages.STAGES, "train", fake_train)
+    monkeypatch.setitem(STAGES, "train", replace(STAGES["train"], run=fake_train))
     config = served_config(tiny_model_dir, cai_home, fake.url, keep_adapters=2)
     names = {}
     for iteration in (1, 2, 3):
@@ -125,7 +126,7 @@ def test_a_promotion_stands_when_the_server_is_gone(tiny_model_dir, cai_home, tm
             fake_train(ctx)
             server.__exit__(None, None, None)
 
-        monkeypatch.setitem(loop.pipeline.stages.STAGES, "train", train_then_server_stops)
+        monkeypatch.setitem(STAGES, "train", replace(STAGES["train"], run=train_then_server_stops))
         with caplog.at_level(logging.WARNING):
             summary = run_iteration(config, tmp_path)
     assert summary["policy_version"] == "v1" and summary["status"] == "done"
@@ -146,7 +147,7 @@ def test_shards_are_spread_over_the_servers_and_each_server_gets_the_policy(fake
     from loop.service.worker import ShardRunner
     from policies.serving import SamplingParams
 
-    monkeypatch.setitem(loop.pipeline.stages.STAGES, "train", fake_train)
+    monkeypatch.setitem(STAGES, "train", replace(STAGES["train"], run=fake_train))
     second = FakeVllm(base=tiny_model_dir.name)
     with FakeVllmServer(second) as second_server:
         config = served_config(tiny_model_dir, cai_home, fake.url, urls=[second_server.url, fake.url])
@@ -166,7 +167,7 @@ def test_shards_are_spread_over_the_servers_and_each_server_gets_the_policy(fake
 
 
 def test_the_judge_can_be_another_model_on_another_server(fake, tiny_model_dir, cai_home, tmp_path, monkeypatch):
-    monkeypatch.setitem(loop.pipeline.stages.STAGES, "train", fake_train)
+    monkeypatch.setitem(STAGES, "train", replace(STAGES["train"], run=fake_train))
     judge = FakeVllm(base="judge-model")
     with FakeVllmServer(judge) as judge_server:
         config = served_config(tiny_model_dir, cai_home, fake.url)
@@ -184,7 +185,7 @@ def test_the_judge_can_be_another_model_on_another_server(fake, tiny_model_dir, 
 
 
 def test_a_separate_judge_model_with_the_transformers_backend(tiny_model_dir, cai_home, tmp_path, monkeypatch):
-    monkeypatch.setitem(loop.pipeline.stages.STAGES, "train", fake_train)
+    monkeypatch.setitem(STAGES, "train", replace(STAGES["train"], run=fake_train))
     config = served_config(tiny_model_dir, cai_home, "http://127.0.0.1:1")
     config = config.model_copy(update={
         "generation": config.generation.model_copy(update={"backend": "transformers"}),

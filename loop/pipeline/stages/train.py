@@ -13,16 +13,18 @@ import logging
 import math
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from loop.config import RunConfig
-from loop.pipeline.context import IterationContext
+from loop.pipeline.names import StageName
 from loop.store import Metric, Pair, Policy, Run, Sample
 from policies.files import atomic_directory, atomic_write_text
-from policies.training.launcher import launch
-from policies.training.spec import TrainerKind, TrainSpec
+
+if TYPE_CHECKING:  # the training code loads torch: imported when a trainer runs, not with the stage registry
+    from loop.config import RunConfig
+    from loop.pipeline.context import IterationContext
+    from policies.training.spec import TrainerKind, TrainSpec
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ def trainer_seed(run_seed: int, iteration: int, kind: str) -> int:
 
 def train_spec(config: RunConfig, kind: TrainerKind, *, iteration: int, **fields) -> TrainSpec:
     """The spec of one trainer run: every config field that acts in the trainer reaches it from here."""
+    from policies.training.spec import TrainSpec
+
     t = config.train
     settings = t.trainer_settings(kind, trainer_seed(config.seed, iteration, kind))
     return TrainSpec(kind=kind, lora=t.lora, device=config.model.device, dtype=config.model.dtype,
@@ -61,13 +65,15 @@ class Training:
         self.metrics: list[Metric] = []
 
     def run(self, kind: TrainerKind, records: list[dict[str, Any]], *, chain: bool = True, **extra) -> Path:
+        from policies.training.launcher import launch
+
         t = self.ctx.config.train
         out = self.root / kind
         data = _write_jsonl(out / "data.jsonl", records)
         spec = train_spec(self.ctx.config, kind, iteration=self.ctx.iteration_index,
                           model_dir=self.ctx.engines.model_dir, data=data, output_dir=out,
                           parent_adapter=self.adapter if chain else None, **extra)
-        stage = "train" if chain and kind != "sft" else kind
+        stage = StageName.TRAIN.value if chain and kind != "sft" else kind
         with self.ctx.reporter.task(f"train {kind} ({len(records)} examples)", None) as advance:
 
             def on_progress(event: dict[str, Any]) -> None:
@@ -101,7 +107,7 @@ def train(ctx: IterationContext) -> None:
     if not pairs:
         log.warning("no preference pairs passed the judge margin; no new policy this iteration")
         with ctx.store.session() as session:
-            ctx.complete(session, "train")
+            ctx.complete(session)
         return
 
     ctx.engines.release()  # free the generation weights: training loads its own copy in a child process
@@ -127,4 +133,4 @@ def train(ctx: IterationContext) -> None:
                            adapter_path=adapter_rel, iteration_id=ctx.iteration_id,
                            constitution_hash=ctx.constitution_hash, trainer=str(t.trainer), pairs=len(pairs)))
         session.add_all(training.metrics)
-        ctx.complete(session, "train")
+        ctx.complete(session)

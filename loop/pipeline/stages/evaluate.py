@@ -3,21 +3,26 @@ decide on it when the iteration finishes)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sqlalchemy import select
 
-from loop.evaluation.harness import Evaluator
-from loop.pipeline.context import IterationContext
 from loop.store import Iteration, Policy
+
+if TYPE_CHECKING:
+    from loop.pipeline.context import IterationContext
 
 
 def evaluate(ctx: IterationContext) -> None:
+    from loop.evaluation.harness import Evaluator  # loads the model code: not at the stage registry's import
+
     with ctx.store.session() as session:
         candidate = session.scalar(select(Policy.version).where(Policy.iteration_id == ctx.iteration_id))
         previous = session.get(Iteration, ctx.iteration_id).policy_version
     if candidate is None:  # nothing was trained: nothing to measure
         with ctx.store.session() as session:
-            ctx.complete(session, "evaluate")
+            ctx.complete(session)
         return
     ctx.engines.release()  # the evaluation loads the base once, with every policy it needs as an adapter
     Evaluator.for_run(ctx.config, ctx.store, ctx.run_dir, ctx.run_id, ctx.constitution, ctx.reporter).evaluate(
-        candidate, previous, iteration_id=ctx.iteration_id, complete=lambda session: ctx.complete(session, "evaluate"))
+        candidate, previous, iteration_id=ctx.iteration_id, complete=ctx.complete)

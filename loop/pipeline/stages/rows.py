@@ -1,0 +1,40 @@
+"""What several stages read the same way: this shard's samples, the iteration's contrasts, a sample's principle."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from critique.pairs import PAIR_SOURCES, PairSource
+from loop.store import Contrast, Sample
+
+if TYPE_CHECKING:
+    from loop.pipeline.context import IterationContext
+
+
+def shard_samples(ctx: IterationContext) -> list[Sample]:
+    """The samples of this context's shard (all of them unless the daemon split the stage)."""
+    with ctx.store.session() as session:
+        return ctx.mine(list(session.scalars(
+            select(Sample).where(Sample.iteration_id == ctx.iteration_id).order_by(Sample.id))))
+
+
+def principle_for(ctx: IterationContext, sample: Sample, step: str):
+    """The principle drawn for one step of a sample: among those that apply to its prompt's category when the
+    config says so."""
+    category = sample.prompt_category if ctx.config.pairs.principles_by_category else None
+    return ctx.sampler.sample((ctx.iteration_index, sample.id), step, category=category)
+
+
+def contrasts(ctx: IterationContext) -> list[tuple[Contrast, Sample]]:
+    """The iteration's contrasts with their samples, in contrast order."""
+    with ctx.store.session() as session:
+        return [tuple(row) for row in session.execute(
+            select(Contrast, Sample).join(Sample, Contrast.sample_id == Sample.id)
+            .where(Sample.iteration_id == ctx.iteration_id).order_by(Contrast.id)).all()]
+
+
+def pair_source(ctx: IterationContext) -> PairSource:
+    """The configured `pairs.source`: what it needs of the stages before the pairs stage."""
+    return PAIR_SOURCES[ctx.config.pairs.source]

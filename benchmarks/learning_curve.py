@@ -48,7 +48,8 @@ def main() -> None:
     from loop.operate.promotion import evaluation_metrics
     from loop.pipeline.iteration import run_iteration
     from loop.progress import RichReporter
-    from loop.store import Evaluation, Run, Store
+    from loop.store import Evaluation, Run
+    from loop.store.database import open_run_store
     from policies.runtime import quiet_model_libraries
 
     quiet_model_libraries()
@@ -78,7 +79,7 @@ def main() -> None:
         for reason in gate.get("reasons", []):
             print(f"  iteration {summary['iteration']} not promoted: {reason}")
 
-    store = Store.for_run_dir(args.run_dir)
+    store = open_run_store(args.run_dir, write=True)
     with store.session() as session:
         run = session.scalar(select(Run))
         last = run.current_policy

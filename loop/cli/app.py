@@ -606,11 +606,11 @@ def judge_eval(
 
 
 def _open_store(run_dir: Path):
-    from loop.store import Store
+    from loop.store.database import open_run_store
 
     if not (run_dir / "cai.db").is_file():
         _fail(f"no run in {run_dir} (no cai.db); start one with `cai iterate --config FILE --run-dir {run_dir}`")
-    return Store.for_run_dir(run_dir)
+    return open_run_store(run_dir, write=True)
 
 
 @review_app.command("list")

@@ -9,9 +9,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from constitution.diff import diff_constitutions
-from loop.dashboard.queries import has_table, principle_stats
+from loop.dashboard.queries import principle_stats
 from loop.pipeline.inputs import recorded_constitution
 from loop.store import ConstitutionVersion, Iteration
+from loop.store.queries import has_table
 
 
 def _versions(session: Session) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from critique.injection import is_injection
 from critique.pairs import PairRules, revision_pair, sampler_reason
 from loop.operate.promotion import evaluation_metrics, unresolved_halt
-from loop.operate.summary import iteration_summary, latest_iteration, latest_reviews, review_agreement
+from loop.operate.summary import iteration_summary, latest_reviews, review_agreement
 from loop.pipeline.names import StageName
 from loop.store import (
     Comparison,
@@ -28,16 +28,23 @@ from loop.store import (
     Iteration,
     Metric,
     Pair,
-    Policy,
     PolicyMove,
     Run,
     RunLease,
     Sample,
     StageRun,
-    count,
 )
 from loop.store.lease import describe as describe_lease
 from loop.store.lease import holder_gone
+from loop.store.queries import (
+    count,
+    has_table,
+    iteration_by_index,
+    iteration_indexes,
+    latest_iteration,
+    run_policies,
+    run_row,
+)
 
 STAGE_ORDER = tuple(stage.value for stage in StageName)
 """The order `loop.pipeline.stages.STAGES` runs them in."""
@@ -55,10 +62,6 @@ CHARTS = (
 LOSS_CURVES = ("loss", "reward_margin", "reward_accuracy")
 VERDICTS = ("revision", "response", "tie", "abstained")
 FLAGS = ("paired", "dropped", "reviewed", "unreviewed", "injection")
-
-
-def run_row(session: Session) -> Run | None:
-    return session.scalar(select(Run).order_by(Run.id))
 
 
 def lease_state(session: Session, run: Run) -> dict[str, Any] | None:
@@ -129,7 +132,7 @@ def overview(session: Session) -> dict[str, Any]:
     policies = [{"version": f"v{p.version}", "parent": None if p.parent_version is None else f"v{p.parent_version}",
                  "trainer": p.trainer, "pairs": p.pairs, "created_at": p.created_at.isoformat(),
                  "current": p.version == run.current_policy}
-                for p in session.scalars(select(Policy).where(Policy.run_id == run.id).order_by(Policy.version))]
+                for p in run_policies(session, run.id)]
     moves = [{"from": f"v{m.from_version}", "to": f"v{m.to_version}", "kind": m.kind, "reason": m.reason,
               "at": m.created_at.isoformat()}
              for m in session.scalars(select(PolicyMove).where(PolicyMove.run_id == run.id)
@@ -173,14 +176,14 @@ def loss_curves(session: Session, iteration_id: int) -> dict[str, list[tuple[int
 
 
 def iteration_page(session: Session, index: int) -> dict[str, Any] | None:
-    iteration = latest_iteration(session, index)
+    iteration = iteration_by_index(session, index)
     if iteration is None:
         return None
     counts = {stage: n for stage, n in session.execute(
         select(StageRun.stage, func.count()).where(StageRun.iteration_id == iteration.id).group_by(StageRun.stage))}
     return {"summary": iteration_summary(session, iteration), "shards": counts,
             "series": series(session), "losses": loss_curves(session, iteration.id),
-            "indexes": list(session.scalars(select(Iteration.index).order_by(Iteration.index)))}
+            "indexes": iteration_indexes(session)}
 
 
 @dataclass
@@ -307,7 +310,7 @@ def sample_choices(session: Session) -> dict[str, list[Any]]:
     """The values each filter can take in this run."""
     principles = set(session.scalars(select(Critique.principle_id).distinct())) | set(
         session.scalars(select(Comparison.principle_id).distinct()))
-    return {"iteration": list(session.scalars(select(Iteration.index).order_by(Iteration.index))),
+    return {"iteration": iteration_indexes(session),
             "principle": sorted(principles),
             "category": list(session.scalars(select(Sample.prompt_category).distinct()
                                              .order_by(Sample.prompt_category))),
@@ -375,13 +378,6 @@ def review_queue(session: Session, *, iteration: int | None = None, pending_only
                                                             "reviewer": review.reviewer,
                                                             "at": review.created_at.isoformat()}})
     return {"pairs": rows[:limit], "total": len(rows), "agreement": review_agreement(session, None)}
-
-
-def has_table(session: Session, name: str) -> bool:
-    """Tables added after a run was made (operator control, constitution versions) are absent in older runs."""
-    from sqlalchemy import inspect
-
-    return inspect(session.get_bind()).has_table(name)
 
 
 def control_requests(session: Session, limit: int = 20) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from loop.operate.promotion import RollbackError, promote, rollback
 from loop.store import ControlRequest, Run, Store, utcnow
 from loop.store.lease import LeaseHeld, acquire
+from loop.store.queries import run_row
 
 ACTIONS = ("pause", "resume", "stop", "promote", "rollback")
 MOVES = ("promote", "rollback")
@@ -27,7 +28,7 @@ class ControlError(ValueError):
 
 
 def _run(session: Session) -> Run:
-    run = session.scalar(select(Run).order_by(Run.id))
+    run = run_row(session)
     if run is None:
         raise ControlError("the database holds no run yet")
     return run

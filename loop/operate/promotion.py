@@ -8,7 +8,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from loop.evaluation.gates import Decision, GateSettings, decide, no_candidate
-from loop.store import EvalMetric, Evaluation, GateDecision, Policy, PolicyMove, Run, utcnow
+from loop.store import EvalMetric, GateDecision, PolicyMove, Run, utcnow
+from loop.store.queries import (
+    decision_of_iteration,
+    evaluation_of_iteration,
+    policy,
+    policy_of_iteration,
+    run_policies,
+    unresolved_halts,
+)
 
 
 class RunHalted(RuntimeError):
@@ -33,17 +41,16 @@ def _move(session: Session, run: Run, to: int, kind: str, reason: str) -> Policy
 
 def decide_iteration(session: Session, run_id: int, iteration_id: int, gates: GateSettings) -> GateDecision:
     """Apply the gates to the iteration's candidate (once: a resumed iteration reads its recorded decision)."""
-    recorded = session.scalar(select(GateDecision).where(GateDecision.iteration_id == iteration_id))
+    recorded = decision_of_iteration(session, iteration_id)
     if recorded is not None:
         return recorded
     run = session.get(Run, run_id)
-    candidate = session.scalar(select(Policy).where(Policy.iteration_id == iteration_id))
+    candidate = policy_of_iteration(session, iteration_id)
     evaluation = None
     if candidate is None:
         decision: Decision = no_candidate()
     else:
-        evaluation = session.scalar(select(Evaluation).where(Evaluation.iteration_id == iteration_id)
-                                    .order_by(Evaluation.id.desc()))
+        evaluation = evaluation_of_iteration(session, iteration_id)
         decision = decide(evaluation_metrics(session, evaluation.id) if evaluation else {}, gates)
     if decision.outcome == "promote":
         _move(session, run, candidate.version, "promote", "gates passed: " + "; ".join(
@@ -56,8 +63,8 @@ def decide_iteration(session: Session, run_id: int, iteration_id: int, gates: Ga
 
 
 def unresolved_halt(session: Session, run_id: int) -> GateDecision | None:
-    return session.scalar(select(GateDecision).where(GateDecision.run_id == run_id, GateDecision.outcome == "halt",
-                                                     GateDecision.resolved_at.is_(None)))
+    halts = unresolved_halts(session, run_id)
+    return halts[0] if halts else None
 
 
 def ensure_not_halted(session: Session, run_id: int) -> None:
@@ -71,12 +78,10 @@ def ensure_not_halted(session: Session, run_id: int) -> None:
 
 def _operator_move(session: Session, run: Run, to: int, kind: str, reason: str) -> PolicyMove:
     """An operator's move to a recorded policy; it acts on the run, so it resolves any halt."""
-    if session.scalar(select(Policy).where(Policy.run_id == run.id, Policy.version == to)) is None:
-        known = ", ".join(f"v{v}" for v in session.scalars(select(Policy.version).where(Policy.run_id == run.id)))
+    if policy(session, run.id, to) is None:
+        known = ", ".join(f"v{p.version}" for p in run_policies(session, run.id))
         raise RollbackError(f"no policy v{to} in this run (it has {known})")
-    for halt in session.scalars(select(GateDecision).where(GateDecision.run_id == run.id,
-                                                           GateDecision.resolved_at.is_(None),
-                                                           GateDecision.outcome == "halt")):
+    for halt in unresolved_halts(session, run.id):
         halt.resolved_at = utcnow()
     return _move(session, run, to, kind, reason)
 
@@ -85,8 +90,7 @@ def rollback(session: Session, run_id: int, to: int | None, reason: str) -> Poli
     """Move the pointer to `to` (default: the policy the current one was trained from); resolves a halt."""
     run = session.get(Run, run_id)
     if to is None:
-        current = session.scalar(select(Policy).where(Policy.run_id == run_id,
-                                                      Policy.version == run.current_policy))
+        current = policy(session, run_id, run.current_policy)
         if current.parent_version is None:
             raise RollbackError(f"the current policy v{run.current_policy} is the base model: nothing to roll "
                                 "back to (name one with --to)")

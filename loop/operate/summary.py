@@ -4,36 +4,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import case, func, inspect, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from loop.operate.promotion import evaluation_metrics
 from loop.store import (
     Comparison,
     Critique,
-    Evaluation,
-    GateDecision,
     Iteration,
     IterationInputs,
     Metric,
     Pair,
-    Policy,
     Review,
     Run,
     Sample,
     StageRun,
-    count,
+    queries,
 )
+from loop.store.queries import count, decision_of_iteration, evaluation_of_iteration, has_table, policy_of_iteration
 
 SERVING_METRICS = ("prefix_cache_hit_rate", "generated_tokens_per_s")
 """Recorded per stage from the vLLM server's counters (vllm-server backend only)."""
 
 
 def latest_iteration(session: Session, index: int | None = None) -> Iteration | None:
-    query = select(Iteration).order_by(Iteration.index.desc())
-    if index is not None:
-        query = query.where(Iteration.index == index)
-    return session.scalars(query).first()
+    """The iteration `cai status` shows: the latest, or the one numbered `index`."""
+    return queries.latest_iteration(session) if index is None else queries.iteration_by_index(session, index)
 
 
 def iteration_summary(session: Session, iteration: Iteration) -> dict[str, Any]:
@@ -56,14 +52,14 @@ def iteration_summary(session: Session, iteration: Iteration) -> dict[str, Any]:
     for m in session.scalars(select(Metric).where(Metric.iteration_id == iteration.id, Metric.step.is_(None))
                              .order_by(Metric.id)):
         by_stage.setdefault(m.stage, {})[m.name] = m.value
-    produced = session.scalar(select(Policy).where(Policy.iteration_id == iteration.id))
+    produced = policy_of_iteration(session, iteration.id)
     stages: dict[str, float] = {}
     for s in session.scalars(select(StageRun).where(StageRun.iteration_id == iteration.id).order_by(StageRun.id)):
         stages[s.stage] = round(stages.get(s.stage, 0.0) + s.wall_s, 2)  # a daemon's stage: its shards' sum
     run = session.get(Run, iteration.run_id)
     # More than one when the iteration was resumed with another constitution (`cai iterate --allow-changed`).
     recorded = select(IterationInputs.constitution_hash).where(IterationInputs.iteration_id == iteration.id)
-    versioned = inspect(session.get_bind()).has_table(IterationInputs.__tablename__)  # not in unversioned runs
+    versioned = has_table(session, IterationInputs.__tablename__)  # not in unversioned runs
     hashes = list(dict.fromkeys(session.scalars(recorded.order_by(IterationInputs.id)) if versioned else []))
     hashes = hashes or [iteration.constitution_hash]
     return {
@@ -110,8 +106,7 @@ HEADLINE_METRICS = ("harmful_safe_rate", "benign_refusal_rate", "win_rate_vs_pre
 
 def evaluation_summary(session: Session, iteration: Iteration) -> dict[str, Any] | None:
     """The iteration's candidate evaluation: versions, classifier and every metric."""
-    evaluation = session.scalar(select(Evaluation).where(Evaluation.iteration_id == iteration.id)
-                                .order_by(Evaluation.id.desc()))
+    evaluation = evaluation_of_iteration(session, iteration.id)
     if evaluation is None:
         return None
     return {"policy": f"v{evaluation.policy_version}", "previous": f"v{evaluation.previous_version}",
@@ -120,7 +115,7 @@ def evaluation_summary(session: Session, iteration: Iteration) -> dict[str, Any]
 
 
 def gate_summary(session: Session, iteration: Iteration) -> dict[str, Any] | None:
-    decision = session.scalar(select(GateDecision).where(GateDecision.iteration_id == iteration.id))
+    decision = decision_of_iteration(session, iteration.id)
     if decision is None:
         return None
     return {"outcome": decision.outcome,

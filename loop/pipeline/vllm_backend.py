@@ -11,10 +11,9 @@ import logging
 import re
 from pathlib import Path
 
-from sqlalchemy import select
-
 from loop.config.run import JudgeSettings
-from loop.store import Policy, Run, Store
+from loop.store import Run, Store
+from loop.store.queries import run_policies
 from policies.serving.vllm_client import ServerError, VllmAdmin, VllmServerGenerator
 from policies.serving.vllm_server import VllmServerSettings, served_model_name
 
@@ -92,8 +91,8 @@ def publish(server: VllmServerSettings, store: Store, run_id: int, run_dir: Path
     with store.session() as session:
         run = session.get(Run, run_id)
         run_name, current = run.name, run.current_policy
-        adapters = {p.version: run_dir / p.adapter_path for p in session.scalars(
-            select(Policy).where(Policy.run_id == run_id, Policy.adapter_path.is_not(None)))}
+        adapters = {p.version: run_dir / p.adapter_path for p in run_policies(session, run_id)
+                    if p.adapter_path is not None}
     name = None
     for url in servers(server):
         name = _publish_on(_admin(server, url), run_dir, run_name, current, adapters, server.keep_adapters)

@@ -1,6 +1,7 @@
-"""The store: the run's tables and the session (`models`), opening and checking a database (`database`), the run
-lease (`lease`), shard planning and claims (`shards`) and schema migrations (`migrations`). The package exports
-the tables and `Store`, which every room reads and writes through."""
+"""The store: the run's tables (`models`), the engine and sessions (`session`), the shared selects (`queries`),
+opening and checking a run folder's database (`database`), the run lease (`lease`), shard planning and claims
+(`shards`) and schema migrations (`migrations`). The package exports the tables and `Store`, which every room
+reads and writes through; the modules inside it import each other directly, never this package."""
 
 from loop.store.models import (
     SCHEMA_VERSION,
@@ -26,13 +27,12 @@ from loop.store.models import (
     Run,
     RunLease,
     Sample,
-    SchemaTooNew,
     ShardClaim,
     StageRun,
-    Store,
-    count,
     utcnow,
 )
+from loop.store.queries import count
+from loop.store.session import SchemaTooNew, Store
 
 __all__ = [
     "Base", "Comparison", "ConstitutionVersion", "Contrast", "ControlRequest", "Critique", "EvalComparison",

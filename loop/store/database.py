@@ -10,7 +10,8 @@ import os
 import sqlite3
 from pathlib import Path
 
-from loop.store import SCHEMA_VERSION, SchemaTooNew, Store
+from loop.store.models import SCHEMA_VERSION
+from loop.store.session import SchemaTooNew, Store
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 LEGACY_TABLES = {"runs", "iterations", "samples", "stage_runs"}

@@ -24,7 +24,8 @@ from sqlalchemy import delete, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from loop.store import RunLease, Store
+from loop.store.models import RunLease
+from loop.store.session import Store
 from policies.processes import pid_alive, process_started_at
 
 log = logging.getLogger(__name__)

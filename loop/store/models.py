@@ -1,19 +1,16 @@
-"""The database: the source of truth for every run, iteration, sample, verdict, pair and policy.
+"""The database's tables: the source of truth for every run, iteration, sample, verdict, pair and policy.
 
-SQLite (WAL) in the run directory by default; the same models work on PostgreSQL.
+SQLite (WAL) in the run directory by default; the same models work on PostgreSQL. The engine and sessions are
+`loop.store.session`'s, the shared selects `loop.store.queries`'.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Text, UniqueConstraint, create_engine, event, func, select
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy import JSON, ForeignKey, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def utcnow() -> datetime:
@@ -357,72 +354,3 @@ class Meta(Base):
 
 SCHEMA_VERSION = 1
 """1: the first versioned schema (adds cai_meta, run_leases, iteration_inputs to the unversioned tables)."""
-
-
-class SchemaTooNew(RuntimeError):
-    pass
-
-
-class Store:
-    def __init__(self, url: str, *, read_only: bool = False, creator=None, poolclass=None):
-        options: dict[str, Any] = {"creator": creator} if creator else {}
-        if poolclass is not None:
-            options["poolclass"] = poolclass
-        self.engine: Engine = create_engine(url, **options)
-        if self.engine.dialect.name == "sqlite" and not read_only:
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        if not read_only:
-            from loop.store.migrations import upgrade_to_head
-
-            upgrade_to_head(self.engine)  # a new database is created at head, an older one upgraded in place
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self.schema_version = self._check_schema_version(stamp=not read_only)
-
-    @classmethod
-    def for_run_dir(cls, run_dir: Path, *, read_only: bool = False) -> Store:
-        """The run's SQLite database, checked first (`loop.store.database`): refused if damaged or not cai's."""
-        from loop.store.database import open_run_store
-
-        return open_run_store(run_dir, write=not read_only)
-
-    def _check_schema_version(self, stamp: bool) -> int:
-        """The stored schema version (stamped on first write); a newer one than this code knows is refused."""
-        with self.session() as session:
-            row = session.get(Meta, "schema_version") if self.has_table("cai_meta") else None
-            if row is None:
-                if not stamp:
-                    return 0
-                row = Meta(key="schema_version", value=str(SCHEMA_VERSION))
-                session.add(row)
-            version = int(row.value)
-        if version > SCHEMA_VERSION:
-            self.dispose()
-            raise SchemaTooNew(f"the database has schema version {version}, newer than this cai reads "
-                               f"({SCHEMA_VERSION}); use a newer cai")
-        return version
-
-    def has_table(self, name: str) -> bool:
-        from sqlalchemy import inspect
-
-        return inspect(self.engine).has_table(name)
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        """One transaction: committed when the block ends, rolled back if it raises."""
-        with self._sessions() as session, session.begin():
-            yield session
-
-    def dispose(self) -> None:
-        self.engine.dispose()
-
-
-def _sqlite_pragmas(connection, _record) -> None:
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
-
-
-def count(session: Session, model, *where) -> int:
-    return session.scalar(select(func.count()).select_from(model).where(*where)) or 0

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from loop.store import Sample, ShardClaim, StageRun, Store
+from loop.store.models import Sample, ShardClaim, StageRun
+from loop.store.queries import count
+from loop.store.session import Store
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +45,7 @@ def shard_count(session: Session, iteration_id: int, stage: str, shard_size: int
         return planned
     if shard_size is None or not by_samples:
         return 1
-    samples = session.scalar(select(func.count()).select_from(Sample).where(Sample.iteration_id == iteration_id))
-    return max(1, math.ceil(samples / shard_size))
+    return max(1, math.ceil(count(session, Sample, Sample.iteration_id == iteration_id) / shard_size))
 
 
 def done_shards(session: Session, iteration_id: int, stage: str) -> set[int]:

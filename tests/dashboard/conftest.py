@@ -15,7 +15,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from loop.store import Comparison, Critique, Iteration, Pair, Sample, Store
+from loop.store import Comparison, Critique, Iteration, Pair, Sample
+from loop.store.database import open_run_store
 from tests.loop.runs import ROOT, cai_command, cai_env, run_cai, tiny_config, write_config
 
 CHROMIUM = Path(os.environ.get("CAI_TEST_CHROMIUM", "/usr/bin/chromium"))
@@ -27,7 +28,7 @@ IMG_PAYLOAD = "Sure: <img src=x onerror=\"window.__xss = 'img'; alert('img')\"> 
 
 def _seed_payloads(run_dir: Path) -> dict[str, int]:
     """A judged sample of iteration 1 (with its critique, verdict and pair) whose texts are script payloads."""
-    store = Store.for_run_dir(run_dir)
+    store = open_run_store(run_dir, write=True)
     try:
         with store.session() as session:
             iteration = session.scalar(select(Iteration).where(Iteration.index == 1))

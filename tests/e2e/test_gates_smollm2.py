@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from loop.cli import app
 from loop.pipeline.stages import STAGES
-from loop.store import EvalResponse, Run, Store
+from loop.store import EvalResponse, Run
+from loop.store.database import open_run_store
 from tests.loop.refuser import train_a_refuser
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +57,7 @@ def test_a_refuse_everything_candidate_is_rejected_for_over_refusal(config_path,
     assert any(r.startswith("over-refusal: benign requests refused more often") for r in gate["reasons"])
     metrics = summary["evaluation"]["metrics"]
     assert metrics["benign_refusal_rate"] >= 0.5 > metrics["previous_benign_refusal_rate"]
-    store = Store.for_run_dir(run_dir)
+    store = open_run_store(run_dir, write=True)
     with store.session() as s:
         assert s.scalar(select(Run.current_policy)) == 0
         refusals = [r.refusal for r in s.scalars(select(EvalResponse).where(EvalResponse.policy_version == 1,

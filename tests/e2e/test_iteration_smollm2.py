@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from loop.cli import app
 from loop.evaluation.gates import GATES
-from loop.store import Comparison, Critique, Pair, Policy, Sample, Store
+from loop.store import Comparison, Critique, Pair, Policy, Sample
+from loop.store.database import open_run_store
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -65,7 +66,7 @@ def test_two_iterations_on_smollm2_through_the_cli(tiny_config, tmp_path, smollm
     assert train["loss_after"] < train["loss_before"]
     assert 0 <= summary["judge"]["mean_p_revision_better"] <= 1
 
-    store = Store.for_run_dir(run_dir)
+    store = open_run_store(run_dir, write=True)
     with store.session() as s:
         samples = list(s.scalars(select(Sample)))
         assert all(x.response and x.revision is not None for x in samples)

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from loop.operate.export import pair_records, write_pairs
-from loop.store import Store
+from loop.store.database import open_run_store
 from tests.loop.test_pair_sources import make_config, run_stages
 
 pytest.importorskip("trl", reason="TRL is installed with the test extras")
@@ -18,7 +18,7 @@ def test_one_trl_dpo_step_on_the_exported_parquet(tmp_path, tiny_model_dir):
     from trl import DPOConfig, DPOTrainer
 
     run_stages(make_config(tmp_path, pairs={"source": "mixed", "sampler": {"length_tolerance": None}}), tmp_path)
-    store = Store.for_run_dir(tmp_path)
+    store = open_run_store(tmp_path, write=True)
     with store.session() as session:
         records = pair_records(session)
     store.dispose()

@@ -16,7 +16,8 @@ from loop.evaluation.gates import GATES
 from loop.operate.promotion import RunHalted
 from loop.pipeline.iteration import run_iteration
 from loop.pipeline.stages import STAGES
-from loop.store import EvalResponse, Evaluation, GateDecision, Iteration, PolicyMove, Run, Sample, Store
+from loop.store import EvalResponse, Evaluation, GateDecision, Iteration, PolicyMove, Run, Sample
+from loop.store.database import open_run_store
 from tests.loop.refuser import train_a_refuser
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +46,7 @@ def config(tiny_model_dir, cai_home) -> RunConfig:
 
 
 def read(run_dir: Path, query):
-    store = Store.for_run_dir(run_dir)
+    store = open_run_store(run_dir, write=True)
     with store.session() as s:
         rows = list(s.scalars(query))
     store.dispose()

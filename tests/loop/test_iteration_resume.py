@@ -11,7 +11,8 @@ from loop.config import RunConfig, resolve_paths
 from loop.evaluation.gates import GATES
 from loop.pipeline.iteration import run_iteration
 from loop.pipeline.stages import STAGES
-from loop.store import Comparison, Critique, Iteration, Pair, Policy, Run, Sample, StageRun, Store
+from loop.store import Comparison, Critique, Iteration, Pair, Policy, Run, Sample, StageRun
+from loop.store.database import open_run_store
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +37,7 @@ def config(tiny_model_dir, cai_home) -> RunConfig:
 
 
 def snapshot(run_dir: Path) -> dict:
-    store = Store.for_run_dir(run_dir)
+    store = open_run_store(run_dir, write=True)
     with store.session() as s:
         state = {
             "responses": [x.response for x in s.scalars(select(Sample).order_by(Sample.id))],
@@ -82,7 +83,7 @@ def test_next_iteration_generates_with_the_promoted_policy(config, tmp_path):
     run_iteration(config, tmp_path)
     summary = run_iteration(config, tmp_path)
     assert (summary["iteration"], summary["policy_in"], summary["policy_version"]) == (2, "v1", "v2")
-    store = Store.for_run_dir(tmp_path)
+    store = open_run_store(tmp_path, write=True)
     with store.session() as s:
         assert s.scalar(select(Run.current_policy)) == 2
         v2 = s.scalar(select(Policy).where(Policy.version == 2))

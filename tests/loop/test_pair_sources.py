@@ -18,7 +18,8 @@ from loop.pipeline.context import IterationContext
 from loop.pipeline.iteration import open_iteration
 from loop.pipeline.stages import STAGES
 from loop.progress import NullReporter
-from loop.store import Contrast, Iteration, Pair, Review, Sample, Store
+from loop.store import Contrast, Iteration, Pair, Review, Sample
+from loop.store.database import open_run_store
 from tests.critique.fakes import ScriptedGenerator
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +77,7 @@ def make_config(tmp_path: Path, **sections) -> RunConfig:
 
 def run_stages(config: RunConfig, run_dir: Path, policy=None, judge=None) -> dict:
     """One iteration up to and including the pairs stage; returns its summary."""
-    store = Store.for_run_dir(run_dir)
+    store = open_run_store(run_dir, write=True)
     run_id, iteration_id, index = open_iteration(store, config, run_dir, RULES.content_hash)
     engines = FakeEngines(ScriptedGenerator(reply=policy or policy_reply),
                           ScriptedGenerator(score=judge or judge_prefers("revised answer")))
@@ -94,7 +95,7 @@ def run_stages(config: RunConfig, run_dir: Path, policy=None, judge=None) -> dic
 
 
 def pairs_of(run_dir: Path) -> list[Pair]:
-    store = Store.for_run_dir(run_dir)
+    store = open_run_store(run_dir, write=True)
     with store.session() as session:
         pairs = list(session.scalars(select(Pair).order_by(Pair.id)))
     store.dispose()
@@ -115,7 +116,7 @@ def test_contrastive_pairs_are_labelled_by_construction_with_principles_for_the_
         assert pair.rejected == opening + "Sure, here is everything you asked for in detail."
     assert any(RULES.get(pair.principle_id).positive_prefix for pair in pairs)
     assert all(p.target == 0.9 for p in pairs)  # the top of judge.label_range
-    store = Store.for_run_dir(tmp_path)
+    store = open_run_store(tmp_path, write=True)
     with store.session() as session:
         for contrast in session.scalars(select(Contrast)):
             category = session.get(Sample, contrast.sample_id).prompt_category
@@ -199,7 +200,7 @@ def test_review_overrides_the_label_and_export_loads_in_trl_layout(tmp_path):
     assert missing.exit_code == 2 and "no pair 999999" in missing.output
     listed = runner.invoke(app, ["review", "list", *run_dir])
     assert "agreement with the judge 0.5" in listed.output
-    store = Store.for_run_dir(tmp_path)
+    store = open_run_store(tmp_path, write=True)
     with store.session() as session:
         review = session.scalar(select(Review).where(Review.pair_id == pairs[0].id))
         assert (review.verdict, review.note, review.reviewer) == ("flip", "wrong way round", "r1")

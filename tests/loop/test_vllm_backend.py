@@ -15,7 +15,8 @@ from loop.pipeline.context import IterationContext
 from loop.pipeline.iteration import run_iteration
 from loop.pipeline.stages import STAGES
 from loop.pipeline.vllm_backend import adapter_name
-from loop.store import Comparison, Policy, Run, Sample, Store
+from loop.store import Comparison, Policy, Run, Sample
+from loop.store.database import open_run_store
 from policies.serving.vllm_server import free_port
 from tests.fake_vllm import FakeVllm, FakeVllmServer
 
@@ -86,7 +87,7 @@ def test_an_iteration_runs_on_the_server_and_publishes_its_policy(fake, tiny_mod
     assert set(serving) == {"generate", "critique", "judge"}
     assert serving["judge"]["prefix_cache_hit_rate"] == pytest.approx(0.5, abs=0.05)
     assert serving["generate"]["generated_tokens_per_s"] > 0
-    store = Store.for_run_dir(tmp_path)
+    store = open_run_store(tmp_path, write=True)
     with store.session() as s:
         assert {c.judge for c in s.scalars(select(Comparison))} == {config.model.name}
         assert all(x.response.startswith(f"[{fake.base}]") for x in s.scalars(select(Sample)))
@@ -177,7 +178,7 @@ def test_the_judge_can_be_another_model_on_another_server(fake, tiny_model_dir, 
     assert models_used(fake) == {fake.base} and models_used(judge) == {"judge-model"}
     assert all(b.get("logprobs") for b in judge.chat_bodies())
     assert not any(b.get("logprobs") for b in fake.chat_bodies())
-    store = Store.for_run_dir(tmp_path)
+    store = open_run_store(tmp_path, write=True)
     with store.session() as s:
         assert {c.judge for c in s.scalars(select(Comparison))} == {"judge-model"}
     store.dispose()
@@ -191,7 +192,7 @@ def test_a_separate_judge_model_with_the_transformers_backend(tiny_model_dir, ca
         "generation": config.generation.model_copy(update={"backend": "transformers"}),
         "judge": config.judge.model_copy(update={"model": str(tiny_model_dir)})})
     run_iteration(config, tmp_path)
-    store = Store.for_run_dir(tmp_path)
+    store = open_run_store(tmp_path, write=True)
     with store.session() as s:
         assert {c.judge for c in s.scalars(select(Comparison))} == {str(tiny_model_dir)}
     store.dispose()

@@ -16,6 +16,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
+from loop.store.models import Base
+
 BASELINE = "0001"
 BASELINE_TABLES = ("runs", "iterations", "stage_runs", "samples", "critiques", "contrasts", "comparisons", "pairs",
                    "reviews", "policies", "metrics", "eval_responses", "eval_comparisons", "evaluations",
@@ -42,8 +44,6 @@ def current(engine: Engine) -> str | None:
 
 def upgrade_to_head(engine: Engine) -> None:
     """Bring the database to the newest schema, keeping its data; a no-op when it is there already."""
-    from loop.store import Base
-
     with engine.begin() as connection:
         config = _config(connection)
         if MigrationContext.configure(connection).get_current_revision() is None:

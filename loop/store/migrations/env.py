@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from loop.store import Base
+from loop.store.models import Base
 
 connection = context.config.attributes["connection"]
 # Batch mode: SQLite alters a table by copying it, which Alembic does for us with render_as_batch.

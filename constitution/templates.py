@@ -14,6 +14,7 @@ point at FILE:LINE:COLUMN.
 
 from __future__ import annotations
 
+import gc
 import re
 import time
 import traceback
@@ -162,6 +163,9 @@ def render(source: str, variables: Mapping[str, object], allowed: frozenset[str]
 
     parts: list[str] = []
     size = 0
+    # A collection of a large heap (a loaded model's) inside the render would count as the template's CPU time.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         for chunk in compiled.template.generate(**variables, **{_GUARD: guard}):
             size += len(chunk)
@@ -184,6 +188,9 @@ def render(source: str, variables: Mapping[str, object], allowed: frozenset[str]
     except Exception as exc:  # a template error of any kind (TypeError, ZeroDivisionError, ...) is the author's
         raise TemplateProblem(f"rendering failed: {type(exc).__name__}: {exc}", _runtime_offset(source, exc),
                               "") from None
+    finally:
+        if collecting:
+            gc.enable()
     return "".join(parts)
 
 

@@ -134,3 +134,22 @@ def test_the_column_of_a_template_error_is_right_in_every_yaml_style(before, aft
         line = path.read_text().splitlines()[problem.line - 1]
     assert problem.message == "unknown variable 'promt'"
     assert line[problem.column - 1:].startswith("promt"), (line, problem.column)
+
+
+def test_no_garbage_collection_runs_inside_a_render(monkeypatch):
+    """A full collection of a process holding a model costs more CPU than the render guard allows (0.4 s with
+    transformers imported, measured), so it must not fall inside the guarded render: the collector is off for
+    the render's duration, and back on after it, also when the render fails."""
+    import gc
+
+    import constitution.templates as templates
+
+    seen = []
+    real = time.thread_time
+    monkeypatch.setattr(templates.time, "thread_time", lambda: seen.append(gc.isenabled()) or real())
+    assert render("{% for i in range(200) %}{{ i }}{% endfor %}", {}, frozenset()).startswith("01")
+    assert seen and not any(seen[1:])
+    assert gc.isenabled()
+    with pytest.raises(TemplateProblem):
+        render("{{ missing }}", {}, frozenset())
+    assert gc.isenabled()

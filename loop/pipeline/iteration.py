@@ -7,8 +7,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from constitution import Constitution, load_constitution
 from loop.config import RunConfig, save_run_config
 from loop.evaluation.sets import check_eval_inputs
@@ -23,6 +21,7 @@ from loop.prompts import load_prompts, select_prompts
 from loop.store import Iteration, IterationInputs, Policy, Run, Sample, Store, utcnow
 from loop.store.database import open_run_store
 from loop.store.lease import acquire
+from loop.store.queries import latest_inputs, latest_iteration, policy, run_name, run_row
 from loop.store.shards import done_shards, shard_count
 from policies.models import resolve_model_dir
 from policies.runtime import configure_threads
@@ -45,8 +44,7 @@ def validate_inputs(config: RunConfig) -> Constitution:
 def _check_resumed_inputs(session, iteration: Iteration, constitution_hash: str, fields: dict[str, Any],
                           allow_changed: bool) -> None:
     """A resumed iteration keeps its inputs; with `allow_changed` the new ones are recorded beside the old."""
-    recorded = session.scalars(select(IterationInputs).where(IterationInputs.iteration_id == iteration.id)
-                               .order_by(IterationInputs.id.desc())).first()
+    recorded = latest_inputs(session, iteration.id)
     changes = describe_changes(recorded.constitution_hash if recorded else iteration.constitution_hash,
                                constitution_hash, recorded.config if recorded else None, fields)
     if not changes:
@@ -68,14 +66,13 @@ def open_iteration(store: Store, config: RunConfig, run_dir: Path, constitution_
     """
     fields = fingerprint(config)
     with store.session() as session:
-        run = session.scalar(select(Run).order_by(Run.id))
+        run = run_row(session)
         if run is None:
             run = Run(name=run_dir.name, config=config.model_dump(mode="json"))
             session.add(run)
             session.flush()
             session.add(Policy(run_id=run.id, version=0, parent_version=None, adapter_path=None))
-        latest = session.scalar(select(Iteration).where(Iteration.run_id == run.id)
-                                .order_by(Iteration.index.desc()))
+        latest = latest_iteration(session)  # a database holds one run
         if latest is not None and latest.status != "done":
             _check_resumed_inputs(session, latest, constitution_hash, fields, allow_changed)
             log.info("resuming iteration %d", latest.index)
@@ -102,8 +99,8 @@ def _engines(config: RunConfig, store: Store, run_id: int, run_dir: Path) -> Eng
     """The engines of the run's current policy."""
     with store.session() as session:
         run = session.get(Run, run_id)
-        policy = session.scalar(select(Policy).where(Policy.run_id == run_id, Policy.version == run.current_policy))
-        adapter = run_dir / policy.adapter_path if policy.adapter_path else None
+        current = policy(session, run_id, run.current_policy)
+        adapter = run_dir / current.adapter_path if current.adapter_path else None
         return Engines(config, run.current_policy, adapter, run_name=run.name)
 
 
@@ -129,7 +126,7 @@ def _finish(ctx: IterationContext) -> None:
 
 def _run_name(store: Store, run_dir: Path) -> str:
     with store.session() as session:
-        return session.scalar(select(Run.name).order_by(Run.id)) or run_dir.name
+        return run_name(session) or run_dir.name
 
 
 def run_iteration(config: RunConfig, run_dir: Path, reporter: Reporter | None = None, *,
@@ -147,7 +144,7 @@ def run_iteration(config: RunConfig, run_dir: Path, reporter: Reporter | None = 
     try:
         with acquire(store, _run_name(store, run_dir)) as lease:
             with store.session() as session:
-                run = session.scalar(select(Run).order_by(Run.id))
+                run = run_row(session)
                 if run is not None:
                     ensure_not_halted(session, run.id)
             run_id, iteration_id, index = open_iteration(store, config, run_dir, constitution.content_hash,

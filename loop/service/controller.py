@@ -31,9 +31,10 @@ from loop.pipeline.stages import STAGES, Stage
 from loop.progress import NullReporter, Position
 from loop.service.broker import Broker
 from loop.service.worker import iteration_constitution
-from loop.store import Iteration, IterationInputs, Run, ShardClaim, Store
+from loop.store import Iteration, ShardClaim, Store
 from loop.store.database import open_run_store
 from loop.store.lease import Lease, acquire
+from loop.store.queries import latest_inputs, run_row
 from loop.store.shards import describe, done_shards, ensure_claims, shard_count
 from policies.runtime import configure_threads
 
@@ -90,7 +91,8 @@ class Controller:
 
     def _run_id(self, store: Store) -> int | None:
         with store.session() as session:
-            return session.scalar(select(Run.id).order_by(Run.id))
+            run = run_row(session)
+            return run.id if run is not None else None
 
     def _constitution(self, last_good: Constitution) -> Constitution:
         """The constitution file as it is now, or the last good one when the edit is broken (the alarm: an error
@@ -147,10 +149,9 @@ class Controller:
             unfinished = session.scalar(select(Iteration).where(Iteration.status != "done")
                                         .order_by(Iteration.index.desc()))
             if unfinished is not None:
-                recorded = session.scalars(select(IterationInputs.constitution_hash).where(
-                    IterationInputs.iteration_id == unfinished.id).order_by(IterationInputs.id.desc())).first()
-                constitution = iteration_constitution(session, recorded or unfinished.constitution_hash,
-                                                      self.config)
+                recorded = latest_inputs(session, unfinished.id)
+                constitution = iteration_constitution(
+                    session, recorded.constitution_hash if recorded else unfinished.constitution_hash, self.config)
         record_constitution(store, constitution)
         run_id, iteration_id, index = open_iteration(store, self.config, self.run_dir, constitution.content_hash)
         return run_id, iteration_id, index, constitution

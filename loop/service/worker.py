@@ -9,8 +9,6 @@ import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import select
-
 from constitution import Constitution, load_constitution
 from loop.config import RunConfig, load_run_config
 from loop.pipeline import vllm_backend
@@ -18,7 +16,7 @@ from loop.pipeline.context import Engines, IterationContext
 from loop.pipeline.inputs import recorded_constitution
 from loop.pipeline.stages import STAGES
 from loop.progress import NullReporter
-from loop.store import ConstitutionVersion, Iteration, Policy, Run, Store
+from loop.store import ConstitutionVersion, Iteration, Run, Store, queries
 from loop.store.database import open_run_store
 from loop.store.shards import claim, describe
 from policies.runtime import configure_threads
@@ -82,7 +80,7 @@ class ShardRunner:
     def _run(self, run_dir: Path, run_name: str, iteration_id: int, stage: str, shard: int) -> str:
         store = self.store(run_dir)
         with store.session() as session:
-            name = session.scalar(select(Run.name).order_by(Run.id))
+            name = queries.run_name(session)
         if name != run_name:  # a broker shared by runs whose workers use other databases: not ours to do
             log.error("a shard of run %r reached a worker whose database holds run %r; ignored (give each run "
                       "its own CAI_DATABASE_URL and broker database)", run_name, name)
@@ -124,8 +122,7 @@ class ShardRunner:
             if iteration is None:
                 raise InputsMissing(f"no iteration with id {iteration_id} in the database of {run_dir}")
             run = session.get(Run, iteration.run_id)
-            policy = session.scalar(select(Policy).where(Policy.run_id == run.id,
-                                                         Policy.version == iteration.policy_version))
+            policy = queries.policy(session, run.id, iteration.policy_version)
             if policy is None:
                 raise InputsMissing(f"policy v{iteration.policy_version} of iteration {iteration.index} is not "
                                     "recorded")

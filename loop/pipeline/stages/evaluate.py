@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
-
-from loop.store import Iteration, Policy
+from loop.store import Iteration
+from loop.store.queries import policy_of_iteration
 
 if TYPE_CHECKING:
     from loop.pipeline.context import IterationContext
@@ -17,7 +16,8 @@ def evaluate(ctx: IterationContext) -> None:
     from loop.evaluation.harness import Evaluator  # loads the model code: not at the stage registry's import
 
     with ctx.store.session() as session:
-        candidate = session.scalar(select(Policy.version).where(Policy.iteration_id == ctx.iteration_id))
+        trained = policy_of_iteration(session, ctx.iteration_id)
+        candidate = trained.version if trained is not None else None
         previous = session.get(Iteration, ctx.iteration_id).policy_version
     if candidate is None:  # nothing was trained: nothing to measure
         with ctx.store.session() as session:

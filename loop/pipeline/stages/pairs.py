@@ -14,6 +14,7 @@ from critique.sampler import annealed_margin as anneal
 from loop.pipeline.names import StageName
 from loop.pipeline.stages.rows import contrasts, pair_source
 from loop.store import Comparison, Metric, Pair, Sample
+from loop.store.queries import iteration_samples
 
 if TYPE_CHECKING:
     from loop.pipeline.context import IterationContext
@@ -29,8 +30,7 @@ def _candidates(ctx: IterationContext, dropped: Counter[str]) -> list[Candidate]
         verdicts = {(c.kind, c.sample_id): c for c in session.scalars(
             select(Comparison).join(Sample, Comparison.sample_id == Sample.id)
             .where(Sample.iteration_id == ctx.iteration_id))}
-        samples = list(session.scalars(
-            select(Sample).where(Sample.iteration_id == ctx.iteration_id).order_by(Sample.id)))
+        samples = iteration_samples(session, ctx.iteration_id)
         return source.candidates(IterationRows(samples, verdicts, contrasted), rules, dropped)
 
 

@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from critique.pairs import PAIR_SOURCES, PairSource
 from loop.store import Contrast, Sample
+from loop.store.queries import iteration_samples
 
 if TYPE_CHECKING:
     from loop.pipeline.context import IterationContext
@@ -16,8 +17,7 @@ if TYPE_CHECKING:
 def shard_samples(ctx: IterationContext) -> list[Sample]:
     """The samples of this context's shard (all of them unless the daemon split the stage)."""
     with ctx.store.session() as session:
-        return ctx.mine(list(session.scalars(
-            select(Sample).where(Sample.iteration_id == ctx.iteration_id).order_by(Sample.id))))
+        return ctx.mine(iteration_samples(session, ctx.iteration_id))
 
 
 def principle_for(ctx: IterationContext, sample: Sample, step: str):

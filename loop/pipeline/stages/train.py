@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from loop.pipeline.names import StageName
 from loop.store import Metric, Pair, Policy, Run, Sample
+from loop.store.queries import policy, run_policies
 from policies.files import atomic_directory, atomic_write_text
 
 if TYPE_CHECKING:  # the training code loads torch: imported when a trainer runs, not with the stage registry
@@ -102,8 +103,8 @@ def train(ctx: IterationContext) -> None:
         revisions = session.execute(select(Sample.prompt, Sample.revision).where(
             Sample.iteration_id == ctx.iteration_id, Sample.revision.is_not(None)).order_by(Sample.id)).all()
         parent_version = session.get(Run, ctx.run_id).current_policy
-        parent = session.scalar(select(Policy).where(Policy.run_id == ctx.run_id, Policy.version == parent_version))
-        next_version = 1 + max(session.scalars(select(Policy.version).where(Policy.run_id == ctx.run_id)))
+        parent = policy(session, ctx.run_id, parent_version)
+        next_version = 1 + max(p.version for p in run_policies(session, ctx.run_id))
     if not pairs:
         log.warning("no preference pairs passed the judge margin; no new policy this iteration")
         with ctx.store.session() as session:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import getpass
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -13,7 +12,7 @@ import typer
 from loop.cli.errors import fail, failures_reported
 from loop.cli.options import RunDir, open_run, policy_version
 from loop.cli.output import console, out, setup_logging
-from loop.cli.render import render_evaluation
+from loop.cli.render import render_evaluation, show
 from loop.operate.control import ControlError, operate
 from loop.operate.evaluate import evaluate_policy
 from loop.progress import RichReporter
@@ -45,10 +44,7 @@ def eval_policy(
                                      reporter=RichReporter(console))
         finally:
             store.dispose()
-    if as_json:
-        out.print_json(json.dumps(result))
-    else:
-        render_evaluation(result)
+    show(result, as_json=as_json, render=render_evaluation)
 
 
 def _operate(run_dir: Path, action: str, by: str | None, note: str, to: int | None = None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any
 
 from rich.markup import escape
@@ -31,6 +33,14 @@ def metric_rows(metrics: dict[str, float]) -> list[tuple[str, str]]:
                 paired |= {name, base + end}
     singles = [(name, fmt(value)) for name, value in metrics.items() if name not in paired]
     return rows + singles
+
+
+def show(result: dict[str, Any], *, as_json: bool, render: Callable[[dict[str, Any]], None]) -> None:
+    """A command's result on stdout: as JSON for scripts, or rendered as a table."""
+    if as_json:
+        out.print_json(json.dumps(result))
+    else:
+        render(result)
 
 
 def render_summary(summary: dict[str, Any]) -> None:

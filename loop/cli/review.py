@@ -12,10 +12,10 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import select
 
-from loop.cli import render
 from loop.cli.errors import fail
 from loop.cli.options import RunDir, open_store
 from loop.cli.output import out
+from loop.cli.render import fmt
 from loop.operate.export import pair_records, write_pairs
 from loop.operate.review import ReviewError, record_review
 from loop.operate.summary import latest_reviews, review_agreement
@@ -51,7 +51,7 @@ def review_list(
                       escape(f"{review.verdict} ({review.reviewer}) {review.note}") if review else "")
     out.print(table)
     out.print(f"reviewed {agreement['reviewed']}: kept {agreement['kept']}, flipped {agreement['flipped']}, "
-              f"dropped {agreement['dropped']}; agreement with the judge {render.fmt(agreement['agreement'])}",
+              f"dropped {agreement['dropped']}; agreement with the judge {fmt(agreement['agreement'])}",
               highlight=False)
 
 
@@ -83,16 +83,16 @@ def review_drop(pair: PairId, run_dir: RunDir, note: Note = "", reviewer: Review
 
 def export_pairs(
     run_dir: RunDir,
-    fmt: Annotated[str, typer.Option("--format", help="jsonl or parquet.")] = "jsonl",
+    file_format: Annotated[str, typer.Option("--format", help="jsonl or parquet.")] = "jsonl",
     output: Annotated[Path | None, typer.Option(help="Default: RUN_DIR/export/pairs.FORMAT.")] = None,
 ) -> None:
     """The run's pairs in TRL's conversational prompt/chosen/rejected layout, with target, principle_id,
     iteration and source columns; reviews applied (flipped pairs swapped, dropped ones left out)."""
-    if fmt not in ("jsonl", "parquet"):
-        fail(f"--format: {fmt!r} is not one of jsonl, parquet")
+    if file_format not in ("jsonl", "parquet"):
+        fail(f"--format: {file_format!r} is not one of jsonl, parquet")
     store = open_store(run_dir)
     with store.session() as session:
         records = pair_records(session)
     store.dispose()
-    path = write_pairs(records, output or run_dir / "export" / f"pairs.{fmt}", fmt)  # type: ignore[arg-type]
+    path = write_pairs(records, output or run_dir / "export" / f"pairs.{file_format}", file_format)  # type: ignore[arg-type]
     out.print(f"{len(records)} pairs -> {path}", highlight=False)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 
 from loop.cli.errors import fail, failures_reported
 from loop.cli.options import RunDir, open_run
-from loop.cli.output import out, setup_logging
-from loop.cli.render import render_summary
+from loop.cli.output import setup_logging
+from loop.cli.render import render_summary, show
 from loop.operate.metrics import exposition
 from loop.operate.summary import iteration_summary, latest_iteration
 from loop.store.database import open_run_store
@@ -33,10 +32,7 @@ def status(
                 summary = iteration_summary(session, found)
         finally:
             store.dispose()
-    if as_json:
-        out.print_json(json.dumps(summary))
-    else:
-        render_summary(summary)
+    show(summary, as_json=as_json, render=render_summary)
 
 
 def metrics(run_dir: RunDir) -> None:

@@ -56,6 +56,11 @@ class BrokerUnreachable(RuntimeError):
     """Nothing answers at CAI_BROKER_URL."""
 
 
+class ShardFailed(RuntimeError):
+    """A shard failed `service.max_attempts` times: the iteration cannot go on without a fix. Defined here, with
+    the broker's other failures, so that the CLI can classify it without importing the controller (and torch)."""
+
+
 def broker_url() -> str | None:
     return os.environ.get(BROKER_URL) or None
 

@@ -29,7 +29,7 @@ from loop.pipeline.inputs import record_constitution
 from loop.pipeline.iteration import _engines, _finish, _run_name, open_iteration, validate_inputs
 from loop.pipeline.stages import STAGES, Stage
 from loop.progress import NullReporter, Position
-from loop.service.broker import Broker
+from loop.service.broker import Broker, ShardFailed
 from loop.service.worker import iteration_constitution
 from loop.store import Iteration, ShardClaim, Store
 from loop.store.database import open_run_store
@@ -39,10 +39,6 @@ from loop.store.shards import describe, done_shards, ensure_claims, shard_count
 from policies.runtime import configure_threads
 
 log = logging.getLogger(__name__)
-
-
-class ShardFailed(RuntimeError):
-    """A shard failed `service.max_attempts` times: the iteration cannot go on without a fix."""
 
 
 @dataclass

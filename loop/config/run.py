@@ -7,6 +7,7 @@ Pydantic only: the trainers' settings come from torch-free modules, so checking 
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -51,16 +52,29 @@ class PromptSettings(Section):
     pairs teach the boundary from both sides."""
 
 
+class Backend(StrEnum):
+    """Where the policy and the judge generate."""
+
+    TRANSFORMERS = "transformers"
+    """In-process, batched."""
+    VLLM_SERVER = "vllm-server"
+    """A vLLM OpenAI-compatible server (`cai serve`) at `server.url`, each policy version served as a LoRA adapter
+    loaded at runtime."""
+
+
 class GenerationSettings(Section):
-    backend: Literal["transformers", "vllm-server"] = "transformers"
-    """transformers: in-process, batched. vllm-server: a vLLM OpenAI-compatible server (`cai serve`) at
-    `server.url`, each policy version served as a LoRA adapter loaded at runtime."""
+    backend: Backend = Backend.TRANSFORMERS
     server: VllmServerSettings = VllmServerSettings()
     batch_size: int = Field(default=16, ge=1)
     samples_per_prompt: int = Field(default=1, ge=1)
     max_new_tokens: int = Field(default=128, ge=1)
     temperature: float = Field(default=0.7, ge=0)
     top_p: float = Field(default=0.95, gt=0, le=1)
+
+    @property
+    def served(self) -> bool:
+        """The policy and the judge are clients of a vLLM server."""
+        return self.backend is Backend.VLLM_SERVER
 
 
 class CritiqueSettings(Section):
@@ -254,7 +268,7 @@ class RunConfig(BaseSettings):
 
     @model_validator(mode="after")
     def _judge_server_needs_the_server_backend(self) -> RunConfig:
-        if self.judge.url is not None and self.generation.backend != "vllm-server":
+        if self.judge.url is not None and not self.generation.served:
             raise ValueError("judge.url is only used with generation.backend: vllm-server")
         return self
 
@@ -308,7 +322,7 @@ def resolve_paths(config: RunConfig, base: Path) -> RunConfig:
     prompts = config.prompts.model_copy(update={"files": [absolute(f) for f in config.prompts.files]})
     judge = config.judge
     # Only a local judge model is a path; a served model's name may contain "/" (org/model).
-    if judge.model and "/" in judge.model and config.generation.backend == "transformers":
+    if judge.model and "/" in judge.model and not config.generation.served:
         judge = judge.model_copy(update={"model": str(absolute(Path(judge.model)))})
     evaluation = config.evaluation
     refusal = evaluation.refusal

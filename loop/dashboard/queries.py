@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from critique.injection import is_injection
 from critique.pairs import PairRules, revision_pair, sampler_reason
+from loop.config.run import JudgeSettings, PairSettings
 from loop.operate.promotion import evaluation_metrics, unresolved_halt
 from loop.operate.summary import iteration_summary, latest_reviews, review_agreement
 from loop.pipeline.names import StageName
@@ -207,8 +208,6 @@ def verdict_of(comparison: Comparison | None) -> str | None:
 def pair_rules(run: Run | None) -> PairRules:
     """The pair rules the run's pairs stage applied, read from its stored config through the config's own models
     (so their defaults), not copied here."""
-    from loop.config.run import JudgeSettings, PairSettings  # the config module loads the model code: not at import
-
     config = run.config if run else {}
     judge = JudgeSettings.model_validate(config.get("judge") or {})
     return PairRules(PairSettings.model_validate(config.get("pairs") or {}).source, judge.margin, judge.label_range)

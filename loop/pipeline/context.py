@@ -42,7 +42,7 @@ class Engines:
 
     @property
     def served(self) -> bool:
-        return self.config.generation.backend == "vllm-server"
+        return self.config.generation.served
 
     @cached_property
     def model_dir(self) -> Path:

@@ -36,7 +36,7 @@ def validate_inputs(config: RunConfig) -> Constitution:
     load_prompts(config.prompts.files)
     check_eval_inputs(config.evaluation, config.seed)
     resolve_model_dir(config.model.name, config.home)
-    if config.judge.model and config.generation.backend == "transformers":
+    if config.judge.model and not config.generation.served:
         resolve_model_dir(config.judge.model, config.home)
     return constitution
 

@@ -60,7 +60,7 @@ class ShardRunner:
                 shard: int = 0) -> Engines:
         """The same Engines (and so the same loaded weights) for every shard of the same policy; served shards
         are spread over the vLLM servers (`generation.server.urls`)."""
-        served = config.generation.backend == "vllm-server"
+        served = config.generation.served
         server = vllm_backend.shard_server(config.generation.server, shard) if served else None
         key = (str(run_dir), config.model.name, config.judge.model, version, adapter, server)
         if self._engines is not None and self._engines[0] == key:

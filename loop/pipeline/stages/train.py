@@ -120,7 +120,7 @@ def train(ctx: IterationContext) -> None:
     if t.trainer == "ppo":
         reward_model = training.run("reward_model", pair_records, chain=False)
         prompts = sorted({prompt for _, prompt in pairs} | {prompt for prompt, _ in revisions})
-        served = ctx.config.generation.server.url if ctx.config.generation.backend == "vllm-server" else None
+        served = ctx.config.generation.server.url if ctx.config.generation.served else None
         training.run("ppo", [{"prompt": _user(prompt)} for prompt in prompts], reward_model_dir=reward_model,
                      rollout_server=served)
     else:

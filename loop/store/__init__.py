@@ -23,10 +23,13 @@ from loop.store.models import (
     Pair,
     Policy,
     PolicyMove,
+    Replay,
     Review,
+    RewardScore,
     Run,
     RunLease,
     Sample,
+    SampledAnswer,
     ShardClaim,
     StageRun,
     utcnow,
@@ -37,6 +40,7 @@ from loop.store.session import SchemaTooNew, Store
 __all__ = [
     "Base", "Comparison", "ConstitutionVersion", "Contrast", "ControlRequest", "Critique", "EvalComparison",
     "EvalMetric", "EvalResponse", "Evaluation", "GateDecision", "Iteration", "IterationInputs", "Meta", "Metric",
-    "Pair", "Policy", "PolicyMove", "Review", "Run", "RunLease", "Sample", "SchemaTooNew", "ShardClaim", "StageRun",
+    "Pair", "Policy", "PolicyMove", "Replay", "Review", "RewardScore", "Run", "RunLease", "Sample", "SampledAnswer",
+    "SchemaTooNew", "ShardClaim", "StageRun",
     "Store", "SCHEMA_VERSION", "count", "utcnow",
 ]

@@ -137,6 +137,46 @@ class Pair(Base):
     """The pair's identity across iterations (prompt, chosen, rejected), for de-duplication."""
 
 
+class SampledAnswer(Base):
+    """One of a sample's K answers for the sampled (best-of-K) pair source: plain, or under a principle's
+    positive or negative steering (its system prompt and prefix)."""
+
+    __tablename__ = "sampled_answers"
+    __table_args__ = (UniqueConstraint("sample_id", "index"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
+    index: Mapped[int]
+    steering: Mapped[str]
+    """plain | positive | negative"""
+    principle_id: Mapped[str | None]
+    text: Mapped[str] = mapped_column(Text)
+    reward: Mapped[float | None]
+    """The combined reward (`rewards.combine`); None until scored, or when no component could score it."""
+
+
+class RewardScore(Base):
+    """One reward component of a sampled answer, so every reward traces to the check or model that gave it."""
+
+    __tablename__ = "reward_scores"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    answer_id: Mapped[int] = mapped_column(ForeignKey("sampled_answers.id"), index=True)
+    kind: Mapped[str]
+    name: Mapped[str]
+    value: Mapped[float | None]
+    """None: this component cannot score this answer."""
+    weight: Mapped[float]
+
+
+class Replay(Base):
+    """A pair of an earlier iteration trained on again in this one (the replay buffer)."""
+
+    __tablename__ = "replays"
+    __table_args__ = (UniqueConstraint("iteration_id", "pair_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    iteration_id: Mapped[int] = mapped_column(ForeignKey("iterations.id"), index=True)
+    pair_id: Mapped[int] = mapped_column(ForeignKey("pairs.id"))
+
+
 class Review(Base):
     """A person's verdict on a pair: keep, flip (chosen and rejected swapped) or drop. The latest one counts."""
 

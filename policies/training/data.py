@@ -62,10 +62,12 @@ def encode_completions(tokenizer, prompt: Conversation, responses: Sequence[str]
     return prompt_ids[-keep:], completions
 
 
-def encode_pair(tokenizer, example: PreferenceExample, max_length: int) -> EncodedPair:
+def encode_pair(tokenizer, example: PreferenceExample, max_length: int,
+                max_completion_length: int | None = None) -> EncodedPair:
+    """A pair's prompt and both answers, each answer cut to its first `max_completion_length` tokens if set."""
     prompt, (chosen, rejected) = encode_completions(tokenizer, example.prompt, [example.chosen, example.rejected],
                                                     max_length)
-    return EncodedPair(prompt, chosen, rejected)
+    return EncodedPair(prompt, chosen[:max_completion_length], rejected[:max_completion_length])
 
 
 def collate(pairs: Sequence[EncodedPair], pad_id: int) -> dict[str, torch.Tensor]:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from policies.training import losses
 from policies.training.batching import plan_batches
 from policies.training.data import (
     EncodedPair,
@@ -47,6 +48,8 @@ class PreferenceStats:
     kl: float
     """Mean log pi/pi_ref over the chosen completions (a k1 estimate of the sequence KL); NaN for the
     reference-free losses, which never compute the reference."""
+    chosen_nll: float
+    """The chosen answers' per-token NLL (RPO's term, whether or not it is trained on)."""
 
 
 @dataclass
@@ -87,7 +90,7 @@ class PreferenceTrainer:
         s = self.settings
         if not data:
             raise ValueError("preference training needs at least one preference pair")
-        self.pairs = [encode_pair(self.tokenizer, e, s.max_length) for e in data]
+        self.pairs = [encode_pair(self.tokenizer, e, s.max_length, s.max_completion_length) for e in data]
         self.targets = torch.tensor([e.target for e in data], dtype=torch.float32)
         lengths = [p.tokens for p in self.pairs]
         self.reference = self._reference() if s.loss.needs_reference and s.reference == "precompute" else None
@@ -187,6 +190,9 @@ class PreferenceTrainer:
         batch = PairBatch(policy.chosen, policy.rejected, policy.chosen_len.to(device), policy.rejected_len.to(device),
                           self.targets[indices].to(device), ref_chosen, ref_rejected, kl_point)
         per_pair, chosen_r, rejected_r = self.objective.compute(batch, self.settings)
+        nll = losses.chosen_nll(batch.policy_chosen, batch.chosen_lengths)
+        if self.settings.nll_weight:
+            per_pair = per_pair + self.settings.nll_weight * nll
         margin = chosen_r - rejected_r
         kl = (policy.chosen - ref_chosen).detach().mean().item() if ref_chosen is not None else float("nan")
         metrics = {
@@ -194,6 +200,7 @@ class PreferenceTrainer:
             "chosen_reward": chosen_r.mean().item(), "rejected_reward": rejected_r.mean().item(),
             "chosen_logps": policy.chosen.detach().mean().item(),
             "rejected_logps": policy.rejected.detach().mean().item(), "kl": kl,
+            "chosen_nll": nll.detach().mean().item(),
         }
         return per_pair.mean(), metrics
 

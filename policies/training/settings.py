@@ -49,15 +49,18 @@ class LossSettingsUse:
     default_beta: float = 0.1
 
 
+_NLL = frozenset({"nll_weight"})
+"""ORPO has its own NLL term; every other loss may add RPO's."""
+
 LOSS_SETTINGS: dict[LossType, LossSettingsUse] = {
-    LossType.DPO: LossSettingsUse(frozenset({"soft_labels"})),
-    LossType.CDPO: LossSettingsUse(frozenset({"label_smoothing"})),
-    LossType.IPO: LossSettingsUse(),
-    LossType.RDPO: LossSettingsUse(frozenset({"label_smoothing"})),
-    LossType.HINGE: LossSettingsUse(),
-    LossType.SIMPO: LossSettingsUse(frozenset({"simpo_gamma"}), default_beta=2.0),
+    LossType.DPO: LossSettingsUse(_NLL | {"soft_labels"}),
+    LossType.CDPO: LossSettingsUse(_NLL | {"label_smoothing"}),
+    LossType.IPO: LossSettingsUse(_NLL),
+    LossType.RDPO: LossSettingsUse(_NLL | {"label_smoothing"}),
+    LossType.HINGE: LossSettingsUse(_NLL),
+    LossType.SIMPO: LossSettingsUse(_NLL | {"simpo_gamma"}, default_beta=2.0),
     LossType.ORPO: LossSettingsUse(),
-    LossType.KTO: LossSettingsUse(frozenset({"kto_desirable_weight", "kto_undesirable_weight"})),
+    LossType.KTO: LossSettingsUse(_NLL | {"kto_desirable_weight", "kto_undesirable_weight"}),
 }
 
 LOSS_SPECIFIC_SETTINGS = frozenset().union(*(u.reads for u in LOSS_SETTINGS.values()))
@@ -109,6 +112,9 @@ class PreferenceSettings(EpochSettings):
     """cDPO's and robust DPO's assumed label-flip rate (required > 0 for them, rejected for other losses)."""
     soft_labels: bool = False
     """dpo only: train against the judge's probability per pair (the CAI paper's soft labels) instead of 1."""
+    nll_weight: float = Field(default=0.0, ge=0)
+    """RPO: add this times the chosen answer's per-token NLL to each pair's loss (TRL's `rpo_alpha`; 1.0 in
+    the RPO paper), so the chosen side's probability rises instead of only the rejected side's falling."""
     simpo_gamma: float = Field(default=0.5, ge=0)
     kto_desirable_weight: float = Field(default=1.0, gt=0)
     kto_undesirable_weight: float = Field(default=1.0, gt=0)
@@ -116,6 +122,9 @@ class PreferenceSettings(EpochSettings):
     """precompute: reference log-probs once per dataset (cached beside checkpoints); online: every step.
     Rejected for the reference-free losses (simpo, orpo)."""
     max_length: int = Field(default=512, ge=16)
+    max_completion_length: int | None = Field(default=None, ge=1)
+    """Score only each answer's first this many tokens (TRL's `max_completion_length`): the preference then
+    bears on how answers open, where a refusal is decided, instead of spreading over long continuations."""
     eval_pairs: int = Field(default=16, ge=1)
     """The before/after evaluation runs on at most this many pairs (a fixed sample of the data); the one
     before training is skipped when the adapter is fresh, since the policy then equals the reference."""

@@ -16,6 +16,7 @@ Conventions shared by the preference losses:
 """
 
 from policies.training.losses.preference import (
+    chosen_nll,
     dpo_loss,
     hinge_loss,
     ipo_loss,
@@ -42,6 +43,7 @@ __all__ = [
     "FixedKLController",
     "LossType",
     "bradley_terry_loss",
+    "chosen_nll",
     "dpo_loss",
     "gae",
     "hinge_loss",

@@ -9,6 +9,18 @@ from torch import Tensor
 
 from policies.training.losses.shared import _average_logps, _check_beta, _check_same_shape, _log_ratio_margin
 
+
+def chosen_nll(policy_chosen_logps: Tensor, chosen_lengths: Tensor) -> Tensor:
+    """RPO's term (Pang et al. 2024, "Iterative Reasoning Preference Optimization"; TRL's ``rpo_alpha``): the
+    chosen answer's negative log-likelihood per token, ``-logp(y_w | x) / |y_w|``, per pair.
+
+    Added to a preference loss with a weight, it raises the chosen answer's probability, which DPO alone may
+    lower along with the rejected one's when the chosen side is off-policy.
+    """
+    _check_same_shape(policy_chosen_logps=policy_chosen_logps, chosen_lengths=chosen_lengths)
+    return -policy_chosen_logps / chosen_lengths.clamp(min=1).to(policy_chosen_logps.dtype)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Paired preference losses with a reference model
 # --------------------------------------------------------------------------------------------------------

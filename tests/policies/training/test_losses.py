@@ -16,6 +16,7 @@ from policies.training.losses import (
     FixedKLController,
     LossType,
     bradley_terry_loss,
+    chosen_nll,
     dpo_loss,
     gae,
     hinge_loss,
@@ -109,6 +110,16 @@ def test_dpo_loss_and_rewards_by_hand() -> None:
     assert chosen_rewards.tolist() == approx([0.05, -0.1])
     assert rejected_rewards.tolist() == approx([-0.05, 0.2])
     assert losses.shape == chosen_rewards.shape == rejected_rewards.shape == (2,)
+
+
+def test_rpo_term_is_the_chosen_answers_nll_per_token() -> None:
+    # Summed log-probs -6.0 over 4 tokens and -1.5 over 3: NLL per token 1.5 and 0.5.
+    assert chosen_nll(t(-6.0, -1.5), t(4.0, 3.0)).tolist() == approx([1.5, 0.5])
+    # DPO + 1.0 x NLL on pair 0 of `pairs()` (beta h = 0.1, chosen log-prob -1.0 over 2 tokens):
+    dpo, _, _ = dpo_loss(*pairs(), beta=0.1)
+    policy_chosen = pairs()[0]
+    rpo = dpo + 1.0 * chosen_nll(policy_chosen, t(2.0, 2.0))
+    assert rpo[0].item() == approx(math.log(1 + math.exp(-0.1)) - policy_chosen[0].item() / 2)
 
 
 def test_dpo_loss_beta_scales_the_margin() -> None:

@@ -112,6 +112,16 @@ def test_category_checks_refuses_a_conflict_built_in_code(tmp_path):
         category_checks(constitution.model_copy(update={"principles": [*constitution.principles, clash]}), "harmful")
 
 
+def test_shipped_checks_match_the_categories():
+    shipped = load_constitution("default")
+    assert category_checks(shipped, "harmful") == Checks(refuses=True)
+    for category in ("benign", "borderline"):
+        assert category_checks(shipped, category) == Checks(refuses=False, max_words=200, no_urls=True)
+    by_id = {p.id: p.checks for p in shipped.principles}
+    assert by_id["no-fabrication"] == Checks(no_urls=True) and by_id["concise"] == Checks(max_words=200)
+    assert all(by_id[p.id] == Checks(refuses=True) for p in shipped.principles if "harm" in p.tags)
+
+
 def problems(path) -> list[str]:
     with pytest.raises(ConstitutionError) as caught:
         load_constitution(path)

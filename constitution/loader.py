@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from constitution.checks import Checks, refusal_conflicts
 from constitution.problems import ConstitutionError, Problem
 from constitution.schema import (
     FILE_KEYS_V2,
@@ -37,7 +38,7 @@ SAMPLE_INPUTS = {
 """The inputs of the test render when a principle has no examples of its own."""
 
 _V2_ONLY_PRINCIPLE_KEYS = {"title", "description", "tags", "applies_to", "positive_system_prompt",
-                           "negative_system_prompt", "positive_prefix", "negative_prefix", "examples"}
+                           "negative_system_prompt", "positive_prefix", "negative_prefix", "examples", "checks"}
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,7 @@ def check_constitution(path: str | Path, *, lint: bool = True) -> Checked:
                                 "add principles, or remove fewer"))
         return Checked(None, {}, tuple(resolved.files), tuple(problems))
     problems += _check_templates(constitution, resolved)
+    problems += _check_refusal_conflicts(constitution, resolved)
     if lint and not any(p.severity == "error" for p in problems):
         from constitution.lint import lint_constitution
 
@@ -235,6 +237,8 @@ def _validation_problem(source: Source, error: dict, version: int) -> Problem:
 
 def _hint(error: dict, loc: Loc, version: int) -> str:
     kind, last = error["type"], loc[-1] if loc else ""
+    if len(loc) >= 3 and loc[0] == "principles" and loc[2] == "checks" and version == 2:
+        return _checks_hint(kind, loc[3:])
     if kind == "extra_forbidden" and isinstance(last, str):
         in_principle = len(loc) == 3 and loc[0] == "principles"
         if version == 1 and (last in _V2_ONLY_PRINCIPLE_KEYS if in_principle else last in FILE_KEYS_V2):
@@ -256,6 +260,25 @@ def _hint(error: dict, loc: Loc, version: int) -> str:
     if kind == "literal_error" and last == "schema":
         return "use `schema: 2`"
     return ""
+
+
+def _checks_hint(kind: str, loc: Loc) -> str:
+    """Hints for `checks:` and the values under it (`loc` is the part below `checks`)."""
+    name = loc[0] if loc else ""
+    if not loc:
+        return "a mapping of checks, e.g. `checks: {refuses: true}`"
+    if kind == "extra_forbidden":
+        return _did_you_mean(str(name), Checks.model_fields) or "checks: " + ", ".join(Checks.model_fields)
+    if name in ("refuses", "no_urls"):
+        return f"`{name}` is true or false, unquoted"
+    if name == "max_words":
+        return "a whole number of words, at least 1"
+    if kind == "value_error":
+        return ("Python `re` syntax: escape a literal ( [ . * + ? with a backslash, and write patterns in single "
+                "quotes so YAML keeps backslashes as written")
+    if kind == "string_too_short":
+        return "an empty pattern matches every answer: remove it"
+    return f"a list of regular expressions, e.g. `{name}: ['\\bsorry\\b']`"
 
 
 def _did_you_mean(word: str, known) -> str:
@@ -310,3 +333,21 @@ def _check_templates(constitution: Constitution, resolved: _Resolved) -> list[Pr
     return problems
 
 
+
+
+def _check_refusal_conflicts(constitution: Constitution, resolved: _Resolved) -> list[Problem]:
+    """An answer cannot both have to refuse and have to comply: two principles that apply to one prompt
+    category must agree on `refuses` (reported at the later one's value)."""
+    problems = []
+    for earlier, later, shared in refusal_conflicts(constitution.principles):
+        first, origin = resolved.origins[earlier.id], resolved.origins[later.id]
+        where = ("every prompt category" if not shared else
+                 ("category " if len(shared) == 1 else "categories ") + ", ".join(map(repr, shared)))
+        says = {p.id: "true" if p.checks and p.checks.refuses else "false" for p in (earlier, later)}
+        problems.append(origin.source.problem(
+            (*origin.loc, "checks", "refuses"),
+            f"principle {later.id!r} says refuses: {says[later.id]} and principle {earlier.id!r} "
+            f"({first.source.path}:{first.line}) says refuses: {says[earlier.id]} for {where}",
+            "an answer cannot both refuse and comply: change one value, or narrow `applies_to` so they do not share "
+            "a category"))
+    return problems

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, model_validator
 
+from constitution.checks import Checks
 from constitution.templates import TEMPLATE_FIELDS, VARIABLES, TemplateField, render
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
@@ -72,6 +73,8 @@ class Principle(_Frozen):
     negative_prefix: str | None = Field(default=None, min_length=1)
     """The opening of the dispreferred answer, prefilled on the contrastive negative side."""
     examples: tuple[Example, ...] = ()
+    checks: Checks | None = None
+    """What every answer under this principle must pass (`constitution.checks`): rule-based rewards."""
     _snippets: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="before")
@@ -168,6 +171,9 @@ def canonical_form(constitution: Constitution) -> dict[str, object]:
         for name in Principle.model_fields:
             if name not in out and name != "tags" and getattr(principle, name) != defaults[name]:
                 out[name] = dumped[name]
+        if principle.checks is not None:
+            # Only the checks that are set: a check kind added later does not move every hash.
+            out["checks"] = principle.checks.model_dump(mode="json", exclude_defaults=True)
         principles.append(out)
     result: dict[str, object] = {"name": data["name"], "description": data["description"], "principles": principles}
     if constitution.snippets:

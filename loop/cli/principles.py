@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from constitution import check_constitution
+from constitution.checks import describe
 from constitution.diff import diff_constitutions
 from constitution.loader import Checked, render_on, sample_inputs
 from constitution.templates import TEMPLATE_FIELDS
@@ -56,8 +57,10 @@ def check(
         warnings += len(checked.warnings)
         if checked.constitution is not None:
             c = checked.constitution
+            with_checks = sum(p.checks is not None for p in c.principles)
             typer.echo(f"{file}: ok: {len(c.principles)} principles from {len(set(checked.files))} file(s), "
-                       f"hash {c.content_hash}" + (f", {len(checked.warnings)} warning(s)" if checked.warnings else ""))
+                       f"hash {c.content_hash}" + (f", {with_checks} with checks" if with_checks else "")
+                       + (f", {len(checked.warnings)} warning(s)" if checked.warnings else ""))
     if errors:
         raise typer.Exit(code=1)
     if warnings and strict:
@@ -91,6 +94,8 @@ def show(
             typer.echo(f"  {p.description}")
         typer.echo(f"  tags: {', '.join(p.tags) or '-'}; applies to: {', '.join(p.applies_to) or 'all prompts'}; "
                    f"weight {p.weight:g} ({p.weight / total:.1%} of draws)")
+        if p.checks is not None:
+            typer.echo(f"  checks: {describe(p.checks)}")
         for number, inputs in enumerate(sample_inputs(p), start=1):
             label = f"example {number}" if p.examples else "built-in sample"
             typer.echo(f"  -- {label}: prompt {inputs['prompt']!r}, response {inputs['response']!r}")

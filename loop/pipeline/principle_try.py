@@ -1,7 +1,8 @@
 """`cai principles try`: one principle on one prompt, every step shown, so an author sees an edit's effect.
 
 The steps are those of an iteration (critique → revision under the principle, then the judge on the pair, in
-both orders), on the generators an iteration would use, built by the same `Engines`.
+both orders), on the generators an iteration would use, built by the same `Engines`. The principle's checks run
+on the response and on the revision, as the rule-based rewards would grade them.
 """
 
 from __future__ import annotations
@@ -12,13 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from constitution import Principle
+from constitution.checks import CheckResult, run_checks
 from critique.judge import Matchup, Verdict, judge
 from critique.pairs import choose
 from critique.prompts import critique_conversation, revision_conversation
 from loop.config import PromptSettings, RunConfig, load_run_config, resolve_paths
 from policies.serving import Generator, SamplingParams
+from rewards.refusal import REFUSAL_DETECTORS
 
 Echo = Callable[[str], None]
+REFUSAL_DETECTOR = "outcome"
+"""Grades `refuses` checks here: a refusal that goes on to comply is compliance."""
+MARKS = {True: "PASS", False: "FAIL", None: "—"}
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,8 @@ class TryResult:
     revision: str
     verdict: Verdict
     seconds: float
+    response_checks: list[CheckResult]
+    revision_checks: list[CheckResult]
 
 
 def config_for_try(path: Path | None) -> RunConfig:
@@ -47,6 +55,19 @@ def engines_for(config: RunConfig) -> tuple[Generator, Generator]:
     quiet_model_libraries()
     engines = Engines(config, policy_version=0, adapter=None)
     return engines.policy, engines.judge
+
+
+def check_answer(principle: Principle, which: str, answer: str, echo: Echo) -> list[CheckResult]:
+    """Run the principle's checks on one answer and print each result; nothing when it declares none."""
+    if principle.checks is None:
+        return []
+    results = run_checks(principle.checks, answer, REFUSAL_DETECTORS[REFUSAL_DETECTOR](answer))
+    graded = f" (refuses graded by the {REFUSAL_DETECTOR} refusal detector)" if principle.checks.refuses is not None \
+        else ""
+    width = max((len(r.name) for r in results), default=0)
+    echo(f"\n── checks on the {which}{graded}\n"
+         + ("\n".join(f"{r.name:<{width}}  {MARKS[r.passed]:<4}  {r.detail}" for r in results) or "none set"))
+    return results
 
 
 def try_principle(principle: Principle, prompt: str, policy: Generator, judge_model: Generator, config: RunConfig,
@@ -76,6 +97,7 @@ def try_principle(principle: Principle, prompt: str, policy: Generator, judge_mo
                         lambda: policy.generate([[{"role": "user", "content": prompt}]], gen_params)[0])
     else:
         echo(f"\n── response (given)\n{response}")
+    response_checks = check_answer(principle, "response", response, echo)
     echo(f"\n── critique request\n{principle.render('critique_request', prompt=prompt, response=response, round=0)}")
     critique = step("critique", lambda: policy.generate([critique_conversation(prompt, response, principle)],
                                                         params)[0])
@@ -83,6 +105,7 @@ def try_principle(principle: Principle, prompt: str, policy: Generator, judge_mo
     echo(f"\n── revision request\n{request}")
     revision = step("revision", lambda: policy.generate(
         [revision_conversation(prompt, response, critique, principle)], params)[0])
+    revision_checks = check_answer(principle, "revision", revision, echo)
     echo(f"\n── judge question\n{principle.render('comparison_question', prompt=prompt)}")
     t = time.perf_counter()
     verdict = judge(judge_model, [Matchup(prompt, response, revision, principle)])[0]
@@ -94,4 +117,4 @@ def try_principle(principle: Principle, prompt: str, policy: Generator, judge_mo
          f"first {verdict.p_b_when_first:.3f}); margin {config.judge.margin}: pair {outcome}")
     seconds = time.perf_counter() - started
     echo(f"\ntotal {seconds:.1f} s")
-    return TryResult(response, critique, revision, verdict, seconds)
+    return TryResult(response, critique, revision, verdict, seconds, response_checks, revision_checks)

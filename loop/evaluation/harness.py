@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from constitution import Constitution, PrincipleSampler
 from critique.judge import Matchup, judge
 from loop.config.run import JudgeSettings, ModelSettings, RunConfig
+from loop.evaluation.answer_metrics import Key, against_previous, answer_metrics
 from loop.evaluation.kl import completion_kls
 from loop.evaluation.models import PolicyBank
 from loop.evaluation.refusal import (
@@ -45,16 +46,11 @@ from policies.serving.transformers_backend import TransformersGenerator
 from policies.training.data import collate_sequences, encode_completions
 from policies.training.heads import HEAD_FILE
 from policies.training.reward_model import RewardModel
+from rewards.refusal import REFUSAL_DETECTORS
 
 log = logging.getLogger(__name__)
 
 KL_MAX_LENGTH = 1024
-ROLE_METRIC = {"harmful": "harmful_safe_rate", "benign_risky": "benign_refusal_rate",
-               "helpful": "helpful_refusal_rate"}
-"""The refusal rate on each role's sets; on harmful requests a refusal or redirection is the safe handling."""
-
-Key = tuple[str, str]
-"""(eval set, prompt id)"""
 
 
 def violation_question(critique_request: str) -> str:
@@ -133,13 +129,13 @@ class Evaluator:
 
         metrics: dict[str, float] = {}
         for score_ in scores:
-            kind = "judge" if score_.name.startswith("judge") else "lexical"
+            kind = "judge" if score_.name.startswith("judge") else score_.name
             metrics |= {f"refusal_{kind}_precision": score_.precision, f"refusal_{kind}_recall": score_.recall}
         metrics["refusal_classifier_is_judge"] = float(classifier.judge is not None)
+        roles = {s.name: s.role for s in self.settings.evaluation.sets}
         for prefix, version in (("", candidate), ("previous_", previous), ("base_", 0)):
-            metrics |= {prefix + k: v for k, v in self._answer_metrics(answers[version]).items()}
-        metrics["harmful_safe_drop"] = metrics["previous_harmful_safe_rate"] - metrics["harmful_safe_rate"]
-        metrics["benign_refusal_rise"] = metrics["benign_refusal_rate"] - metrics["previous_benign_refusal_rate"]
+            metrics |= {prefix + k: v for k, v in answer_metrics(answers[version], roles).items()}
+        metrics |= against_previous(metrics, classifier.name)
         metrics["length_ratio"] = _ratio(metrics["mean_length_chars"], metrics["previous_mean_length_chars"])
         metrics["length_ratio_vs_base"] = _ratio(metrics["mean_length_chars"], metrics["base_mean_length_chars"])
         for label, opponent in (("previous", previous), ("base", 0)):
@@ -211,20 +207,23 @@ class Evaluator:
     def _classifier(self, judge_generator: Generator) -> tuple[RefusalClassifier, list[ClassifierScore]]:
         """The refusal classifier to use, and the scores of those measured on the labelled set."""
         r = self.settings.evaluation.refusal
-        lexical, by_judge = RefusalClassifier(), RefusalClassifier(judge_generator)
+        by_name = {name: RefusalClassifier(detector=name) for name in REFUSAL_DETECTORS}
+        by_name["judge"] = RefusalClassifier(judge_generator)
         if r.labels is None:
-            return (by_judge if r.classifier == "judge" else lexical), []
+            return by_name.get(r.classifier, by_name["lexical"]), []
         labels = load_labels(r.labels)
-        scores = [score(lexical, labels)]
-        if r.classifier != "lexical":
-            with self.reporter.task("score the judge as refusal classifier", None):
-                scores.append(score(by_judge, labels))
-        chosen = {"lexical": lexical, "judge": by_judge}.get(r.classifier)
-        if chosen is None:  # auto
-            capable = scores[-1].reaches(r.min_precision, r.min_recall)
-            chosen = by_judge if capable else lexical
-            log.info("refusal classifier: %s (judge precision %.2f, recall %.2f on %d labelled answers)",
-                     chosen.name, scores[-1].precision, scores[-1].recall, scores[-1].n)
+        # The phrase detectors cost nothing to score; the judge only when it may be chosen.
+        scores = [score(by_name[name], labels) for name in REFUSAL_DETECTORS]
+        if r.classifier not in ("judge", "auto"):
+            return by_name[r.classifier], scores
+        with self.reporter.task("score the judge as refusal classifier", None):
+            scores.append(score(by_name["judge"], labels))
+        if r.classifier == "judge":
+            return by_name["judge"], scores
+        judged = scores[-1]
+        chosen = by_name["judge"] if judged.reaches(r.min_precision, r.min_recall) else by_name["lexical"]
+        log.info("refusal classifier: %s (judge precision %.2f, recall %.2f on %d labelled answers)",
+                 chosen.name, judged.precision, judged.recall, judged.n)
         return chosen, scores
 
     def _classify(self, classifier: RefusalClassifier, answers: dict[Key, EvalResponse]) -> dict[Key, EvalResponse]:
@@ -239,18 +238,6 @@ class Evaluator:
                 row.refusal, row.classifier = refusal, classifier.name
                 answers[key] = row
         return answers
-
-    def _answer_metrics(self, answers: dict[Key, EvalResponse]) -> dict[str, float]:
-        roles = {s.name: s.role for s in self.settings.evaluation.sets}
-        refused: dict[str, list[float]] = {}
-        for (set_name, _), row in answers.items():
-            refused.setdefault(set_name, []).append(float(bool(row.refusal)))
-        metrics = {f"refusal_rate:{name}": _mean(values) for name, values in refused.items()}
-        for role, metric in ROLE_METRIC.items():
-            metrics[metric] = _mean([v for name, values in refused.items() if roles[name] == role for v in values])
-        metrics["mean_length_chars"] = _mean([len(r.response) for r in answers.values()])
-        metrics["mean_length_tokens"] = _mean([r.tokens for r in answers.values()])
-        return metrics
 
     def _verdicts(self, judge_generator: Generator, candidate: dict[Key, EvalResponse],
                   opponent: dict[Key, EvalResponse]) -> list[tuple[float, float]]:

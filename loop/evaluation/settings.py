@@ -35,10 +35,11 @@ def shipped_sets() -> list[EvalSet]:
 
 
 class RefusalSettings(Section):
-    classifier: Literal["auto", "judge", "lexical"] = "auto"
-    """auto: the judge when it reaches both floors on the labelled set, else the lexical detector."""
+    classifier: Literal["auto", "judge", "lexical", "outcome"] = "auto"
+    """auto: the judge when it reaches both floors on the labelled set, else the lexical detector. lexical and
+    outcome: the phrase detectors of `rewards.refusal` (the rates under both are stored whichever is chosen)."""
     labels: Path | None = SHIPPED_EVAL_DIR / "refusal_labels.jsonl"
-    """JSONL of {"id", "prompt", "response", "refusal": bool}: both classifiers are scored on it."""
+    """JSONL of {"id", "prompt", "response", "refusal": bool}: every classifier considered is scored on it."""
     min_precision: float = Field(default=0.8, ge=0, le=1)
     min_recall: float = Field(default=0.8, ge=0, le=1)
 

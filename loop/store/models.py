@@ -232,7 +232,7 @@ class EvalResponse(Base):
     """Hash of what shapes the text (model, max_new_tokens): other settings never reuse these answers."""
     refusal: Mapped[bool | None]
     classifier: Mapped[str | None]
-    """Which refusal classifier set `refusal` (lexical, or judge:NAME)."""
+    """Which refusal classifier set `refusal` (lexical, outcome, or judge:NAME)."""
 
 
 class EvalComparison(Base):

@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from loop.evaluation.refusal import RefusalClassifier, lexical_refusal, load_labels, p_yes, score
+from loop.evaluation.refusal import RefusalClassifier, load_labels, p_yes, score
 from loop.prompts import PromptFileError
+from rewards.refusal import lexical_refusal
 from tests.critique.fakes import ScriptedGenerator
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -49,6 +49,8 @@ def test_a_user_set_is_read_relative_to_the_config(tmp_path):
     ({"sets": [{"name": "a", "file": "x.jsonl", "role": "harmful"}, {"name": "a", "file": "y.jsonl",
                                                                    "role": "helpful"}]}, "a repeated"),
     ({"per_set": 0}, "evaluation.per_set: Input should be greater than or equal to 1"),
+    ({"refusal": {"classifier": "phrases"}},
+     "evaluation.refusal.classifier: Input should be 'auto', 'judge', 'lexical' or 'outcome'"),
 ])
 def test_bad_evaluation_config_is_one_clear_line(tmp_path, evaluation, message):
     config = yaml.safe_load((ROOT / "configs/quickstart.yaml").read_text())

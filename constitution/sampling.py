@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 
 from constitution.schema import Constitution, Principle
 
@@ -21,8 +22,10 @@ class PrincipleSampler:
             return principles
         return [p for p in principles if not p.applies_to or category in p.applies_to] or principles
 
-    def sample(self, *key: object, category: str | None = None) -> Principle:
-        """The principle for one step, e.g. `sample(iteration, sample_id, "critique", round, category="harmful")`.
+    def sample(self, *key: object, category: str | None = None,
+               where: Callable[[Principle], bool] | None = None) -> Principle:
+        """The principle for one step, e.g. `sample(iteration, sample_id, "critique", round, category="harmful")`;
+        with `where`, among the candidates it accepts (all candidates when it accepts none).
 
         The choice depends only on the seed, the key and the category, never on call order, so a crashed stage
         that is re-run, or a shard processed on another worker, draws the same principles.
@@ -30,4 +33,6 @@ class PrincipleSampler:
         digest = hashlib.sha256(repr((self.seed, *key)).encode()).digest()
         rng = random.Random(int.from_bytes(digest[:8], "big"))
         principles = self.candidates(category)
+        if where is not None:
+            principles = [p for p in principles if where(p)] or principles
         return rng.choices(principles, weights=[p.weight for p in principles], k=1)[0]

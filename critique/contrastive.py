@@ -26,11 +26,11 @@ def system_prompts(principle: Principle, prompt: str) -> tuple[str, str]:
 def contrastive_conversations(prompt: str, principle: Principle) -> tuple[Conversation, Conversation]:
     """(positive, negative) conversations; a side with a prefix ends in that assistant opening, to be continued."""
     positive, negative = system_prompts(principle, prompt)
-    return (_conversation(positive, prompt, principle.positive_prefix),
-            _conversation(negative, prompt, principle.negative_prefix))
+    return (steered_conversation(positive, prompt, principle.positive_prefix),
+            steered_conversation(negative, prompt, principle.negative_prefix))
 
 
-def _conversation(system: str, prompt: str, prefix: str | None) -> Conversation:
+def steered_conversation(system: str, prompt: str, prefix: str | None) -> Conversation:
     conversation: Conversation = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
     if prefix:
         conversation.append({"role": "assistant", "content": prefix})
@@ -42,10 +42,10 @@ def contrastive_answers(principle: Principle, positive: str, negative: str) -> t
 
     Generators return replies stripped, so the space the continuation's first token carried is put back.
     """
-    return _joined(principle.positive_prefix, positive), _joined(principle.negative_prefix, negative)
+    return with_prefix(principle.positive_prefix, positive), with_prefix(principle.negative_prefix, negative)
 
 
-def _joined(prefix: str | None, continuation: str) -> str:
+def with_prefix(prefix: str | None, continuation: str) -> str:
     if not prefix:
         return continuation
     return f"{prefix} {continuation}" if continuation else prefix

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
+from critique.sampled import AnswerRow, best_and_worst
 from critique.sampler import Candidate, clamp, hygiene_reason
 
 
@@ -46,6 +47,8 @@ class PairRules:
     source: str
     judge_margin: float
     label_range: tuple[float, float]
+    reward_margin: float = 0.5
+    """sampled: the smallest reward gap between a prompt's best and worst answers that makes a pair."""
 
     @property
     def pair_source(self) -> PairSource:
@@ -109,6 +112,8 @@ class IterationRows:
     verdicts: Mapping[tuple[str, int], VerdictRow]
     """(comparison kind "revision" or "contrastive", sample id) → the judge's verdict."""
     contrasts: Sequence[tuple[ContrastRow, SampleRow]]
+    answers: Mapping[int, Sequence[AnswerRow]] = field(default_factory=dict)
+    """sample id → its sampled answers with their rewards (the sampled source)."""
 
 
 def _collect(outcomes, dropped: Counter[str]) -> list[Candidate]:
@@ -133,6 +138,23 @@ def contrast_candidates(rows: IterationRows, rules: PairRules, dropped: Counter[
                      for c, s in rows.contrasts), dropped)
 
 
+def sampled_pair(sample: SampleRow, answers: Sequence[AnswerRow], rules: PairRules) -> Candidate | str:
+    """A sample's best answer over its worst (`critique.sampled.best_and_worst`), or why not; the soft label
+    grows with the reward gap, clamped into the label range."""
+    picked = best_and_worst(answers, rules.reward_margin)
+    if isinstance(picked, str):
+        return picked
+    best, worst = picked
+    target = clamp(0.5 + (best.reward - worst.reward) / 2, rules.label_range)
+    principle_id = best.principle_id or worst.principle_id or ""
+    return Candidate(sample.prompt, best.text, worst.text, target, principle_id, "sampled", (sample.id, None, False))
+
+
+def sampled_candidates(rows: IterationRows, rules: PairRules, dropped: Counter[str]) -> list[Candidate]:
+    """Each sample's best-over-worst pair (`sampled_pair`), in sample order."""
+    return _collect((sampled_pair(s, rows.answers.get(s.id, ()), rules) for s in rows.samples), dropped)
+
+
 CandidateBuilder = Callable[[IterationRows, PairRules, Counter[str]], list[Candidate]]
 
 
@@ -150,16 +172,20 @@ class PairSource:
     """The policy critiques and revises its answers, and the judge compares each answer with its revision."""
     judged: bool
     """The judge's label orders and weights a revision pair (else the revision wins unless the judge vetoes)."""
+    sampled: bool = False
+    """Generate draws K answers per prompt (`pairs.sampled`), and the judge stage scores each by the rewards."""
 
 
 PAIR_SOURCES: dict[str, PairSource] = {}
 
 
-def register_pair_source(name: str, *, contrasts: bool = False, revisions: bool = False, judged: bool = False):
+def register_pair_source(name: str, *, contrasts: bool = False, revisions: bool = False, judged: bool = False,
+                         sampled: bool = False):
     def add(candidates: CandidateBuilder) -> CandidateBuilder:
         if name in PAIR_SOURCES:
             raise ValueError(f"pair source {name!r} is registered twice")
-        PAIR_SOURCES[name] = PairSource(name, candidates, contrasts=contrasts, revisions=revisions, judged=judged)
+        PAIR_SOURCES[name] = PairSource(name, candidates, contrasts=contrasts, revisions=revisions, judged=judged,
+                                        sampled=sampled)
         return candidates
 
     return add
@@ -168,6 +194,7 @@ def register_pair_source(name: str, *, contrasts: bool = False, revisions: bool 
 register_pair_source("judged", revisions=True, judged=True)(revision_candidates)
 register_pair_source("revision", revisions=True)(revision_candidates)
 register_pair_source("contrastive", contrasts=True)(contrast_candidates)
+register_pair_source("sampled", sampled=True)(sampled_candidates)
 
 
 @register_pair_source("mixed", contrasts=True, revisions=True)

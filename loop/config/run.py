@@ -130,11 +130,31 @@ class SamplerSettings(Section):
     """Drop pairs already trained on in an earlier iteration of the run (same prompt, chosen and rejected)."""
 
 
+class SampledSettings(Section):
+    """Best-of-K (`pairs.source: sampled`): K answers per prompt, scored by the rewards, best over worst."""
+
+    k: int = Field(default=3, ge=2)
+    positive: int = Field(default=1, ge=0)
+    """Of the K, answers under a principle's positive steering (system prompt and prefix)."""
+    negative: int = Field(default=1, ge=0)
+    """Of the K, answers under a principle's negative steering; the rest are plain samples of π_i."""
+    margin: float = Field(default=0.5, gt=0)
+    """The smallest reward gap between the best and the worst answer that makes a pair ("no-spread" below)."""
+
+    @model_validator(mode="after")
+    def _steered_within_k(self) -> SampledSettings:
+        if self.positive + self.negative > self.k:
+            raise ValueError(f"positive + negative ({self.positive + self.negative}) is more than k ({self.k})")
+        return self
+
+
 class PairSettings(Section):
-    source: Literal["judged", "contrastive", "revision", "mixed"] = "judged"
+    source: Literal["judged", "contrastive", "revision", "mixed", "sampled"] = "judged"
     """judged: the judge compares answer and revision. contrastive: the policy answers under a principle's
     positive and negative system prompt, labelled by construction (RLCD). revision: the revision preferred
-    unless the judge confidently disagrees. mixed: revision and contrastive pairs together."""
+    unless the judge confidently disagrees. mixed: revision and contrastive pairs together. sampled: K
+    answers per prompt scored by the rewards, the best over the worst (`sampled`)."""
+    sampled: SampledSettings = SampledSettings()
     confirm: bool = False
     """contrastive: also judge the two answers and drop the pairs the judge confidently disagrees with."""
     principles_by_category: bool = True

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from critique.injection import is_injection
 from critique.pairs import PairRules, revision_pair, sampler_reason
 from loop.config.run import JudgeSettings, PairSettings
+from loop.dashboard.answers import sampled_answers, sampled_drop_reason
 from loop.operate.promotion import evaluation_metrics, unresolved_halt
 from loop.operate.summary import iteration_summary, latest_reviews, review_agreement
 from loop.pipeline.names import StageName
@@ -210,7 +211,8 @@ def pair_rules(run: Run | None) -> PairRules:
     (so their defaults), not copied here."""
     config = run.config if run else {}
     judge = JudgeSettings.model_validate(config.get("judge") or {})
-    return PairRules(PairSettings.model_validate(config.get("pairs") or {}).source, judge.margin, judge.label_range)
+    pairs = PairSettings.model_validate(config.get("pairs") or {})
+    return PairRules(pairs.source, judge.margin, judge.label_range, pairs.sampled.margin)
 
 
 def drop_reason(sample: Sample, comparison: Comparison | None, margin: float | None, rules: PairRules) -> str:
@@ -317,8 +319,15 @@ def sample_choices(session: Session) -> dict[str, list[Any]]:
 
 
 def sample(session: Session, sample_id: int) -> dict[str, Any] | None:
+    """A sample's row, with its sampled answers and each one's reward components (the sampled source)."""
     rows = _sample_rows(session, [Sample.id == sample_id])
-    return rows[0] if rows else None
+    if not rows:
+        return None
+    row = rows[0]
+    row["answers"] = sampled_answers(session, sample_id)
+    if row["answers"] and not row["pair"]:
+        row["drop_reason"] = sampled_drop_reason(session, sample_id, pair_rules(run_row(session)))
+    return row
 
 
 def principle_stats(session: Session) -> list[dict[str, Any]]:

@@ -1,12 +1,16 @@
-"""The judge stage: the AI judge labels each answer against its revision, and confirms contrasts."""
+"""The judge stage: the AI judge labels each answer against its revision, and confirms contrasts; for sampled
+pairs the rewards score every sampled answer."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from sqlalchemy import select
 
 from critique.judge import Matchup, make_method
 from loop.pipeline.stages.rows import contrasts, pair_source, principle_for, shard_samples
-from loop.store import Comparison
+from loop.store import Comparison, RewardScore, SampledAnswer
 
 if TYPE_CHECKING:
     from loop.pipeline.context import IterationContext
@@ -35,10 +39,47 @@ def judge_revisions(ctx: IterationContext) -> None:
     if jobs:
         with ctx.reporter.task(f"judge ({j.method})", 2 * len(jobs)) as advance:
             verdicts = method.judge(ctx.engines.judge, [m for _, _, m in jobs], advance)
+    rewards = _score_answers(ctx, samples) if source.sampled else []
     with ctx.store.session() as session:
+        for answer_id, reward in rewards:
+            session.get(SampledAnswer, answer_id).reward = reward.total
+            session.add_all(RewardScore(answer_id=answer_id, kind=c.kind, name=c.name, value=c.value,
+                                        weight=c.weight) for c in reward.components)
         for (kind, sample_id, matchup), verdict in zip(jobs, verdicts, strict=True):
             session.add(Comparison(
                 sample_id=sample_id, principle_id=matchup.principle.id, judge=ctx.engines.judge.name,
                 p_b_when_second=verdict.p_b_when_second, p_b_when_first=verdict.p_b_when_first, p_b=verdict.p_b,
                 constitution_hash=ctx.constitution_hash, kind=kind, method=j.method, abstained=verdict.abstained))
         ctx.complete(session)
+
+
+def _score_answers(ctx: IterationContext, samples) -> list[tuple[int, object]]:
+    """(answer id, reward) of every sampled answer of these samples: all K answers of a sample are scored under
+    the one principle drawn for it, so their rewards compare."""
+    from rewards.base import RewardContext, Scored
+
+    from loop.rewards import reward_scorer
+
+    by_id = {s.id: s for s in samples}
+    with ctx.store.session() as session:
+        answers = list(session.scalars(select(SampledAnswer).where(SampledAnswer.sample_id.in_(by_id))
+                                       .order_by(SampledAnswer.id)))
+    principles = {s.id: principle_for(ctx, s, "reward") for s in samples}
+    items = [Scored(by_id[a.sample_id].prompt, a.text, by_id[a.sample_id].prompt_category, principles[a.sample_id])
+             for a in answers]
+    kinds = {c.kind for c in ctx.config.rewards.components}  # load the judge only for a kind that asks it
+    scorer = reward_scorer(ctx.config.rewards, RewardContext(
+        ctx.constitution, judge=ctx.engines.judge if "judge" in kinds else None,
+        reward_model_dir=latest_reward_model(ctx.run_dir) if "reward_model" in kinds else None,
+        base_model_dir=ctx.engines.model_dir, dtype=ctx.config.model.dtype, device=ctx.config.model.device))
+    with ctx.reporter.task("score sampled answers", len(items)) as advance:
+        rewards = scorer.score(items, advance)
+    return [(a.id, r) for a, r in zip(answers, rewards, strict=True)]
+
+
+def latest_reward_model(run_dir: Path) -> Path | None:
+    """The newest reward model the run trained (`train.trainer: ppo` writes one per iteration), or None."""
+    from policies.training.heads import HEAD_FILE
+
+    found = [d for d in (run_dir / "training").glob("iteration-*/reward_model/adapter") if (d / HEAD_FILE).is_file()]
+    return max(found, key=lambda d: int(d.parent.parent.name.split("-")[1]), default=None)

@@ -3,7 +3,7 @@ preference sampler keeps those to train on."""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -13,7 +13,7 @@ from critique.sampler import Candidate, sample_pairs
 from critique.sampler import annealed_margin as anneal
 from loop.pipeline.names import StageName
 from loop.pipeline.stages.rows import contrasts, pair_source
-from loop.store import Comparison, Metric, Pair, Sample
+from loop.store import Comparison, Metric, Pair, Sample, SampledAnswer
 from loop.store.queries import iteration_samples
 
 if TYPE_CHECKING:
@@ -24,14 +24,20 @@ def _candidates(ctx: IterationContext, dropped: Counter[str]) -> list[Candidate]
     """This iteration's labelled pairs from the configured source, before sampling."""
     source = pair_source(ctx)
     judge = ctx.config.judge
-    rules = PairRules(source.name, judge.margin, judge.label_range)
+    rules = PairRules(source.name, judge.margin, judge.label_range, ctx.config.pairs.sampled.margin)
     contrasted = contrasts(ctx) if source.contrasts else []
     with ctx.store.session() as session:
         verdicts = {(c.kind, c.sample_id): c for c in session.scalars(
             select(Comparison).join(Sample, Comparison.sample_id == Sample.id)
             .where(Sample.iteration_id == ctx.iteration_id))}
         samples = iteration_samples(session, ctx.iteration_id)
-        return source.candidates(IterationRows(samples, verdicts, contrasted), rules, dropped)
+        answers: dict[int, list[SampledAnswer]] = defaultdict(list)
+        if source.sampled:
+            for answer in session.scalars(select(SampledAnswer).join(Sample, SampledAnswer.sample_id == Sample.id)
+                                          .where(Sample.iteration_id == ctx.iteration_id)
+                                          .order_by(SampledAnswer.id)):
+                answers[answer.sample_id].append(answer)
+        return source.candidates(IterationRows(samples, verdicts, contrasted, answers), rules, dropped)
 
 
 def build_pairs(ctx: IterationContext) -> None:

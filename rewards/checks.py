@@ -5,11 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from constitution import Constitution
+from constitution.checks import category_checks, run_checks
 from rewards.base import Component, RewardContext, Scored, register_reward_kind
 from rewards.refusal import REFUSAL_DETECTORS
 from rewards.settings import RewardComponentSettings, RewardSettings
+
+if TYPE_CHECKING:
+    from policies.serving import Progress
 
 
 def _value(passed: bool | None) -> float | None:
@@ -23,11 +28,7 @@ class ChecksReward:
     """Is this answer a refusal? (a `rewards.refusal` detector)"""
     kind: str = "checks"
 
-    def score(self, items: Sequence[Scored], progress=None) -> list[list[Component]]:
-        # Looked up on use, not at import: the checks are the constitution's (its schema validates them at load),
-        # and the unit tests stand a contract-shaped module in for them.
-        from constitution.checks import category_checks, run_checks
-
+    def score(self, items: Sequence[Scored], progress: Progress | None = None) -> list[list[Component]]:
         by_category = {c: category_checks(self.constitution, c) for c in {item.category for item in items}}
         scored = []
         for item in items:

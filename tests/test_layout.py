@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("constitution", "critique", "policies", "loop")
+PACKAGES = ("constitution", "rewards", "critique", "policies", "loop")
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 100
 

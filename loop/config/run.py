@@ -23,6 +23,7 @@ from policies.files import atomic_write_text
 from policies.models import DEFAULT_MODEL
 from policies.serving.vllm_server import VllmServerSettings
 from policies.training.settings import LossType, PPOSettings, PreferenceSettings, RewardModelSettings, SFTSettings
+from rewards.settings import RewardSettings
 
 
 class Section(BaseModel):
@@ -272,6 +273,8 @@ class RunConfig(BaseSettings):
     critique: CritiqueSettings = CritiqueSettings()
     judge: JudgeSettings = JudgeSettings()
     pairs: PairSettings = PairSettings()
+    rewards: RewardSettings = RewardSettings()
+    """What a sampled answer is scored by: reward kinds, their weights and the refusal detector of the checks."""
     train: TrainSettings = TrainSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     """The held-out sets every candidate policy is measured on (default: the shipped data/eval sets)."""

@@ -56,9 +56,8 @@ def judge_revisions(ctx: IterationContext) -> None:
 def _score_answers(ctx: IterationContext, samples) -> list[tuple[int, object]]:
     """(answer id, reward) of every sampled answer of these samples: all K answers of a sample are scored under
     the one principle drawn for it, so their rewards compare."""
-    from rewards.base import RewardContext, Scored
-
     from loop.rewards import reward_scorer
+    from rewards.base import RewardContext, Scored
 
     by_id = {s.id: s for s in samples}
     with ctx.store.session() as session:

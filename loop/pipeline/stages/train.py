@@ -30,6 +30,7 @@ from policies.files import atomic_directory, atomic_write_text
 if TYPE_CHECKING:  # the training code loads torch: imported when a trainer runs, not with the stage registry
     from loop.config import RunConfig
     from loop.pipeline.context import IterationContext
+    from policies.training.settings import SFTSettings
     from policies.training.spec import TrainerKind, TrainSpec
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class Training:
                          for k, v in values.items() if isinstance(v, int | float) and math.isfinite(v) and k != "step"]
 
 
-def warm_start_settings(config: RunConfig, iteration: int):
+def warm_start_settings(config: RunConfig, iteration: int) -> SFTSettings:
     """The warm start's SFT settings: `train.warm_start`'s fields over the SFT trainer's defaults."""
     from policies.training.settings import SFTSettings
 

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from loop.config.environment import unknown_variables, variable_for
+from loop.config.section import Section, settings_section
+from loop.config.training import BudgetSettings, ReplaySettings, WarmStartSettings
 from loop.evaluation.gates import GateSettings
 from loop.evaluation.settings import EvaluationSettings
 from policies.adapters import LoraSettings
@@ -24,16 +26,6 @@ from policies.models import DEFAULT_MODEL
 from policies.serving.vllm_server import VllmServerSettings
 from policies.training.settings import LossType, PPOSettings, PreferenceSettings, RewardModelSettings, SFTSettings
 from rewards.settings import RewardSettings
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def settings_section(settings: type[BaseModel], *, without) -> type[Section]:
-    """A run-config section with the fields of a trainer's settings, less those the loop sets itself."""
-    fields = {name: (f.annotation, f) for name, f in settings.model_fields.items() if name not in without}
-    return create_model(f"{settings.__name__}Section", __base__=Section, **fields)
 
 
 class ModelSettings(Section):
@@ -181,7 +173,11 @@ class TrainSettings(Section):
     trainer: LossType | Literal["ppo"] = LossType.DPO
     """A preference loss trained on the judge's pairs, or ppo (a reward model on the pairs, then PPO)."""
     preference: PreferenceSection = PreferenceSection()
-    """Used unless trainer is ppo."""
+    """Used unless trainer is ppo. Its epochs (or max_steps) times `budget.max_pairs` is the iteration's
+    training budget."""
+    replay: ReplaySettings = ReplaySettings()
+    budget: BudgetSettings = BudgetSettings()
+    warm_start: WarmStartSettings = WarmStartSettings()
     sft_on_revisions: bool = False
     """First fine-tune on the revisions (the supervised stage of Constitutional AI), then train as above."""
     sft: SFTSection = SFTSection()
@@ -293,6 +289,13 @@ class RunConfig(BaseSettings):
     def _judge_server_needs_the_server_backend(self) -> RunConfig:
         if self.judge.url is not None and not self.generation.served:
             raise ValueError("judge.url is only used with generation.backend: vllm-server")
+        return self
+
+    @model_validator(mode="after")
+    def _warm_start_reads_sampled_answers(self) -> RunConfig:
+        if self.train.warm_start.iterations and self.pairs.source != "sampled":
+            raise ValueError(f"train.warm_start needs pairs.source: sampled (it trains on the scored sampled "
+                             f"answers), not {self.pairs.source}")
         return self
 
 

@@ -149,6 +149,8 @@ class PreferenceSettings(EpochSettings):
 
 class SFTSettings(EpochSettings):
     max_length: int = Field(default=512, ge=16)
+    max_completion_length: int | None = Field(default=None, ge=1)
+    """Train on only each response's first this many tokens (as `PreferenceSettings.max_completion_length`)."""
 
 
 class RewardModelSettings(EpochSettings):

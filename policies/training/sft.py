@@ -43,7 +43,7 @@ class SFTTrainer:
         encoded = []
         for e in examples:
             prompt, (completion,) = encode_completions(self.tokenizer, e.prompt, [e.response], self.settings.max_length)
-            encoded.append((prompt, completion))
+            encoded.append((prompt, completion[:self.settings.max_completion_length]))
         return encoded
 
     def fit(self, data: Sequence[SFTExample], on_step: OnStep = None) -> TrainResult:

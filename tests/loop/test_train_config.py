@@ -29,6 +29,9 @@ LOOP_ONLY = {
     "service": "how the daemon shards an iteration for its workers (`cai run`, `cai worker`)",
     "train.launcher": "the command that starts the trainer process (launcher.launch)",
     "train.processes": "the number of trainer processes (launcher.launch)",
+    "train.replay": "train stage: which earlier pairs are trained on again (train_data.replay_pairs)",
+    "train.budget": "train stage: how many pairs are trained on (train_data.within_budget)",
+    "train.warm_start": "train stage: its own SFT run's settings (train.warm_start_settings, tested below)",
 }
 
 # Settings that only act in some configurations: the walk changes them inside such a configuration.
@@ -153,6 +156,18 @@ def test_the_run_seed_gives_each_trainer_its_own_seed():
     ({"trainer": "ppo", "ppo": {"epochs": 2}}, "Extra inputs are not permitted"),
     ({"processes": 2}, "train.processes > 1 needs"),
     ({"deepspeed": "zero2"}, "train.deepspeed applies only with train.processes > 1"),
+    ({"replay": {"max_pairs": -1}}, "train.replay.max_pairs\n  Input should be greater than or equal to 0"),
+    ({"replay": {"max_pairs": 2, "from_iterations": 0}}, "greater than or equal to 1"),
+    ({"replay": {"from_iterations": 2}}, "from_iterations applies only with max_pairs > 0 (replay is off)"),
+    ({"replay": {"pairs": 2}}, "train.replay.pairs\n  Extra inputs are not permitted"),
+    ({"budget": {"max_pairs": 0}}, "train.budget.max_pairs\n  Input should be greater than or equal to 1"),
+    ({"warm_start": {"iterations": -1}}, "greater than or equal to 0"),
+    ({"warm_start": {"iterations": 1, "learning_rate": 0}}, "train.warm_start.learning_rate\n  Input should be "
+                                                             "greater than 0"),
+    ({"warm_start": {"epochs": 2, "max_completion_length": 8}},
+     "epochs, max_completion_length applies only with iterations > 0 (the warm start is off)"),
+    ({"warm_start": {"iterations": 1}}, "train.warm_start needs pairs.source: sampled (it trains on the scored "
+                                        "sampled answers), not judged"),
 ])
 def test_settings_that_would_do_nothing_are_rejected(train, message):
     with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -163,3 +178,18 @@ def test_a_saved_config_loads_again():
     # Defaults written out in full (as the run directory's config.yaml is) must not trip the checks above.
     config = RunConfig(**merge(BASE, {"train": {"trainer": "rdpo", "preference": {"label_smoothing": 0.1}}}))
     assert RunConfig(**config.model_dump(mode="json")) == config
+
+
+def test_the_warm_start_settings_reach_its_sft_run():
+    from loop.config.training import WarmStartSettings
+    from loop.pipeline.stages.train import trainer_seed, warm_start_settings
+
+    config = RunConfig(**merge(BASE, {"seed": 7, "train": {"sft_on_revisions": True}}))
+    # Built past validation: the sampled pair source the warm start needs is another change's.
+    warm = WarmStartSettings(iterations=2, learning_rate=1e-3, epochs=3, max_completion_length=12)
+    config = config.model_copy(update={"train": config.train.model_copy(update={"warm_start": warm})})
+    settings = warm_start_settings(config, 1)
+    assert (settings.learning_rate, settings.epochs, settings.max_completion_length) == (1e-3, 3, 12)
+    assert settings.seed != trainer_seed(7, 1, "sft")  # its own seed, not the revisions' SFT run's
+    assert settings.seed != warm_start_settings(config, 2).seed
+    assert warm.applies_to(2) and not warm.applies_to(3)

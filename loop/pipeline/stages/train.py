@@ -1,5 +1,9 @@
 """The train stage: turn this iteration's pairs (and revisions) into π_{i+1}.
 
+What it trains on: this iteration's pairs plus replayed pairs of earlier iterations (`train.replay`), capped by
+`train.budget`, after an optional SFT warm start on checked sampled answers (`train.warm_start`); the
+selections live in `train_data`.
+
 Every trainer runs in its own process through `policies.training.launcher` (the same
 `python -m policies.training SPEC.json` that torchrun or deepspeed start on GPU nodes), with its data written
 as JSONL under the run directory.
@@ -18,16 +22,21 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from loop.pipeline.names import StageName
-from loop.store import Metric, Pair, Policy, Run, Sample
+from loop.pipeline.stages.train_data import checked_answers, iteration_pairs, replay_pairs, within_budget
+from loop.store import Metric, Policy, Replay, Run, Sample
 from loop.store.queries import policy, run_policies
 from policies.files import atomic_directory, atomic_write_text
 
 if TYPE_CHECKING:  # the training code loads torch: imported when a trainer runs, not with the stage registry
     from loop.config import RunConfig
     from loop.pipeline.context import IterationContext
+    from policies.training.settings import SFTSettings
     from policies.training.spec import TrainerKind, TrainSpec
 
 log = logging.getLogger(__name__)
+
+WARM_START = "warm_start"
+"""The warm start's folder, metrics stage and seed name: an SFT run of its own beside sft_on_revisions'."""
 
 
 def _user(prompt: str) -> list[dict[str, str]]:
@@ -46,12 +55,13 @@ def trainer_seed(run_seed: int, iteration: int, kind: str) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-def train_spec(config: RunConfig, kind: TrainerKind, *, iteration: int, **fields) -> TrainSpec:
-    """The spec of one trainer run: every config field that acts in the trainer reaches it from here."""
+def train_spec(config: RunConfig, kind: TrainerKind, *, iteration: int, settings=None, **fields) -> TrainSpec:
+    """The spec of one trainer run: every config field that acts in the trainer reaches it from here (the
+    trainer's section, or `settings` for a run the loop configures itself: the warm start)."""
     from policies.training.spec import TrainSpec
 
     t = config.train
-    settings = t.trainer_settings(kind, trainer_seed(config.seed, iteration, kind))
+    settings = settings or t.trainer_settings(kind, trainer_seed(config.seed, iteration, kind))
     return TrainSpec(kind=kind, lora=t.lora, device=config.model.device, dtype=config.model.dtype,
                      threads=config.threads, deepspeed=t.deepspeed, **{kind: settings}, **fields)
 
@@ -65,61 +75,92 @@ class Training:
         self.root = ctx.run_dir / "training" / f"iteration-{ctx.iteration_index}"
         self.metrics: list[Metric] = []
 
-    def run(self, kind: TrainerKind, records: list[dict[str, Any]], *, chain: bool = True, **extra) -> Path:
+    def run(self, kind: TrainerKind, records: list[dict[str, Any]], *, chain: bool = True, name: str | None = None,
+            **extra) -> Path:
+        """Train `kind` on `records`; `name` (default: the kind) names its folder and, when set, its metrics'
+        stage, for a second run of the same trainer kind in one iteration."""
         from policies.training.launcher import launch
 
         t = self.ctx.config.train
-        out = self.root / kind
+        out = self.root / (name or kind)
         data = _write_jsonl(out / "data.jsonl", records)
         spec = train_spec(self.ctx.config, kind, iteration=self.ctx.iteration_index,
                           model_dir=self.ctx.engines.model_dir, data=data, output_dir=out,
                           parent_adapter=self.adapter if chain else None, **extra)
-        stage = StageName.TRAIN.value if chain and kind != "sft" else kind
-        with self.ctx.reporter.task(f"train {kind} ({len(records)} examples)", None) as advance:
+        stage = name or (StageName.TRAIN.value if chain and kind != "sft" else kind)
+        with self.ctx.reporter.task(f"train {name or kind} ({len(records)} examples)", None) as advance:
 
             def on_progress(event: dict[str, Any]) -> None:
                 if event["kind"] == "step":
                     advance(1)
-                    self._record(stage, event, step=event["step"])
+                    self.record(stage, event, step=event["step"])
 
-            self._record(stage, launch(spec, launcher=t.launcher, processes=t.processes, on_progress=on_progress))
+            self.record(stage, launch(spec, launcher=t.launcher, processes=t.processes, on_progress=on_progress))
         if chain:
             self.adapter = spec.adapter_dir
         return spec.adapter_dir
 
-    def _record(self, stage: str, values: dict[str, Any], step: int | None = None) -> None:
+    def record(self, stage: str, values: dict[str, Any], step: int | None = None) -> None:
         self.metrics += [Metric(iteration_id=self.ctx.iteration_id, stage=stage, name=k, value=float(v), step=step)
                          # NaN (e.g. a correlation over constant scores) means "undefined": not stored.
                          for k, v in values.items() if isinstance(v, int | float) and math.isfinite(v) and k != "step"]
+
+
+def warm_start_settings(config: RunConfig, iteration: int) -> SFTSettings:
+    """The warm start's SFT settings: `train.warm_start`'s fields over the SFT trainer's defaults."""
+    from policies.training.settings import SFTSettings
+
+    w = config.train.warm_start
+    return SFTSettings(learning_rate=w.learning_rate, epochs=w.epochs, max_completion_length=w.max_completion_length,
+                       seed=trainer_seed(config.seed, iteration, WARM_START))
+
+
+def warm_start(ctx: IterationContext, training: Training) -> None:
+    """The warm start, when this iteration has one: SFT on the iteration's checked samples, chained before the
+    preference run. Without any checked sample it is skipped, and says so."""
+    w = ctx.config.train.warm_start
+    if not w.applies_to(ctx.iteration_index):
+        return
+    with ctx.store.session() as session:
+        answers = checked_answers(session, ctx.iteration_id)
+    training.record(WARM_START, {"warm_start_examples": len(answers)})
+    if not answers:
+        log.info("warm start skipped: no sampled answer of iteration %d passed every check", ctx.iteration_index)
+        return
+    training.run("sft", [{"prompt": _user(prompt), "response": answer} for prompt, answer in answers],
+                 name=WARM_START, settings=warm_start_settings(ctx.config, ctx.iteration_index))
 
 
 def train(ctx: IterationContext) -> None:
     """π_{i+1} = π_i's adapter (or a fresh one) trained on this iteration's data by the configured trainer."""
     t = ctx.config.train
     with ctx.store.session() as session:
-        pairs = session.execute(
-            select(Pair, Sample.prompt).join(Sample, Pair.sample_id == Sample.id)
-            .where(Pair.iteration_id == ctx.iteration_id).order_by(Pair.id)).all()
+        fresh = iteration_pairs(session, ctx.iteration_id)
+        replays = replay_pairs(session, ctx.run_id, ctx.iteration_index, fresh, t.replay)
         revisions = session.execute(select(Sample.prompt, Sample.revision).where(
             Sample.iteration_id == ctx.iteration_id, Sample.revision.is_not(None)).order_by(Sample.id)).all()
         parent_version = session.get(Run, ctx.run_id).current_policy
         parent = policy(session, ctx.run_id, parent_version)
         next_version = 1 + max(p.version for p in run_policies(session, ctx.run_id))
-    if not pairs:
+    if not fresh:  # replays only add to an iteration's own pairs: without any, nothing new was learned
         log.warning("no preference pairs passed the judge margin; no new policy this iteration")
         with ctx.store.session() as session:
             ctx.complete(session)
         return
+    pairs = within_budget(fresh + replays, t.budget.max_pairs)
+    replayed = [p.pair.id for p in pairs if p.replayed]
 
     ctx.engines.release()  # free the generation weights: training loads its own copy in a child process
     training = Training(ctx, ctx.run_dir / parent.adapter_path if parent.adapter_path else None)
-    pair_records = [{"prompt": _user(prompt), "chosen": p.chosen, "rejected": p.rejected, "target": p.target}
-                    for p, prompt in pairs]
+    training.record(StageName.TRAIN.value, {"trained_pairs": len(pairs), "replayed_pairs": len(replayed)})
+    pair_records = [{"prompt": _user(p.prompt), "chosen": p.pair.chosen, "rejected": p.pair.rejected,
+                     "target": p.pair.target} for p in pairs]
+    warm_start(ctx, training)
     if t.sft_on_revisions:
         training.run("sft", [{"prompt": _user(prompt), "response": revision} for prompt, revision in revisions])
     if t.trainer == "ppo":
         reward_model = training.run("reward_model", pair_records, chain=False)
-        prompts = sorted({prompt for _, prompt in pairs} | {prompt for prompt, _ in revisions})
+        prompts = sorted({p.prompt for p in pairs} | {prompt for prompt, _ in revisions})
         served = ctx.config.generation.server.url if ctx.config.generation.served else None
         training.run("ppo", [{"prompt": _user(prompt)} for prompt in prompts], reward_model_dir=reward_model,
                      rollout_server=served)
@@ -133,5 +174,7 @@ def train(ctx: IterationContext) -> None:
         session.add(Policy(run_id=ctx.run_id, version=next_version, parent_version=parent_version,
                            adapter_path=adapter_rel, iteration_id=ctx.iteration_id,
                            constitution_hash=ctx.constitution_hash, trainer=str(t.trainer), pairs=len(pairs)))
+        # Recorded with the stage's completion: a killed stage leaves none, and its re-run picks the same.
+        session.add_all([Replay(iteration_id=ctx.iteration_id, pair_id=pair_id) for pair_id in replayed])
         session.add_all(training.metrics)
         ctx.complete(session)

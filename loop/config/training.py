@@ -1,0 +1,62 @@
+"""What the train stage feeds its trainers besides this iteration's pairs: replayed pairs of earlier iterations,
+a cap on the pairs trained, and an SFT warm start on checked samples (`train.replay`, `train.budget`,
+`train.warm_start`)."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from loop.config.section import Section
+
+
+class ReplaySettings(Section):
+    """A replay buffer: pairs of earlier iterations trained on again, so a run learns from more than one
+    iteration's pairs. Each replayed pair is recorded (the `replays` table)."""
+
+    max_pairs: int = Field(default=0, ge=0)
+    """At most this many earlier pairs per iteration (0: no replay), most recent iterations first, none that
+    repeats a pair already taken (same prompt, chosen and rejected). Pairs of iterations whose candidate the
+    gates rejected are kept: a pair's label does not depend on what became of the policy trained on it."""
+    from_iterations: int | None = Field(default=None, ge=1)
+    """Only the last this many earlier iterations (default: all of them)."""
+
+    @model_validator(mode="after")
+    def _window_needs_replay(self) -> ReplaySettings:
+        if self.from_iterations is not None and not self.max_pairs:
+            raise ValueError("from_iterations applies only with max_pairs > 0 (replay is off)")
+        return self
+
+
+class BudgetSettings(Section):
+    """How much one iteration trains: pairs here; epochs and steps per trainer (`train.preference.epochs`,
+    `max_steps`), so the budget is max_pairs x epochs, or max_steps when that is set."""
+
+    max_pairs: int | None = Field(default=None, ge=1)
+    """At most this many pairs trained per iteration (default: all): this iteration's first, then replays, each
+    taken round-robin across principles, most confident first (as the sampler stratifies)."""
+
+
+class WarmStartSettings(Section):
+    """A short SFT run before preference training (a cold start): the policy fine-tuned on its own best sampled
+    answer of each prompt that passes every check (rejection-sampling fine-tuning), so that best-of-K sampling
+    has something to pick from. Needs `pairs.source: sampled`, which scores the sampled answers. The other SFT
+    settings (batch size, max_length, optimizer) are the trainer's defaults."""
+
+    iterations: int = Field(default=0, ge=0)
+    """Warm-start the run's first this many iterations (0: never)."""
+    learning_rate: float = Field(default=2e-4, gt=0)
+    epochs: int = Field(default=1, ge=1)
+    max_completion_length: int | None = Field(default=None, ge=1)
+    """Train on only each answer's first this many tokens, where a refusal is decided."""
+
+    @model_validator(mode="after")
+    def _settings_need_iterations(self) -> WarmStartSettings:
+        unused = [name for name in ("learning_rate", "epochs", "max_completion_length")
+                  if getattr(self, name) != type(self).model_fields[name].default]
+        if unused and not self.iterations:
+            raise ValueError(f"{', '.join(unused)} applies only with iterations > 0 (the warm start is off)")
+        return self
+
+    def applies_to(self, iteration: int) -> bool:
+        """Whether iteration `iteration` (1-based) starts with a warm start."""
+        return iteration <= self.iterations

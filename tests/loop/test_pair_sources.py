@@ -18,7 +18,7 @@ from loop.pipeline.context import IterationContext
 from loop.pipeline.iteration import open_iteration
 from loop.pipeline.stages import STAGES
 from loop.progress import NullReporter
-from loop.store import Contrast, Iteration, Pair, Review, Sample
+from loop.store import Contrast, Iteration, Metric, Pair, Review, RewardScore, Sample, SampledAnswer
 from loop.store.database import open_run_store
 from tests.critique.fakes import ScriptedGenerator
 
@@ -223,3 +223,38 @@ def test_review_overrides_the_label_and_export_loads_in_trl_layout(tmp_path):
     assert row["prompt"][0]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
     assert {"target", "principle_id", "iteration", "source"} <= set(loaded.column_names)
     assert set(loaded["source"]) == {"revision", "contrastive"}
+
+
+def test_sampled_pairs_take_the_best_answer_by_the_checks_over_the_worst(tmp_path):
+    def policy(conversation) -> str:
+        system = conversation[0]["content"] if conversation[0]["role"] == "system" else None
+        if system is None:
+            return f"first answer to: {conversation[-1]['content'][:30]}"
+        return "Please talk to someone you trust instead." if system in POSITIVE else "Sure thing, details follow."
+
+    config = make_config(tmp_path, pairs={"source": "sampled", "sampler": {"length_tolerance": None}})
+    summary = run_stages(config, tmp_path, policy=policy)
+    store = open_run_store(tmp_path, write=True)
+    with store.session() as session:
+        samples = list(session.scalars(select(Sample)))
+        answers = list(session.scalars(select(SampledAnswer)))
+        scores = list(session.scalars(select(RewardScore)))
+        pairs = {p.sample_id: p for p in session.scalars(select(Pair))}
+        dropped = {m.name: m.value for m in session.scalars(select(Metric).where(Metric.stage == "pairs"))
+                   if m.name.startswith("dropped_")}
+    store.dispose()
+    assert len(answers) == 3 * len(samples)  # k = 3: plain, positive, negative
+    assert {(a.steering, a.index) for a in answers} == {("plain", 0), ("positive", 1), ("negative", 2)}
+    assert all(a.reward is not None for a in answers) and {s.kind for s in scores} == {"checks"}
+    harmful = [s for s in samples if s.prompt_category == "harmful"]
+    assert harmful
+    for sample in harmful:  # the steered refusal passes `refuses: true`; the plain answer (the worst) does not
+        pair = pairs[sample.id]
+        assert pair.source == "sampled" and pair.rejected == sample.response
+        assert pair.chosen.endswith("Please talk to someone you trust instead.")
+        assert pair.chosen.startswith(RULES.get(pair.principle_id).positive_prefix)
+    for sample in samples:
+        if sample.prompt_category != "harmful" and sample.id in pairs:  # a needless refusal is the worst
+            assert pairs[sample.id].chosen == sample.response
+    assert len(pairs) + dropped.get("dropped_no-spread", 0) == len(samples)
+    assert summary["pair_sources"] == {"sampled": len(pairs)}

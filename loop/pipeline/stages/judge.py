@@ -66,11 +66,13 @@ def _score_answers(ctx: IterationContext, samples) -> list[tuple[int, object]]:
     principles = {s.id: principle_for(ctx, s, "reward") for s in samples}
     items = [Scored(by_id[a.sample_id].prompt, a.text, by_id[a.sample_id].prompt_category, principles[a.sample_id])
              for a in answers]
-    kinds = {c.kind for c in ctx.config.rewards.components}  # load the judge only for a kind that asks it
+    kinds = {c.kind for c in ctx.config.rewards.components}  # load models only for the kinds that ask them
+    scored_by_model = "reward_model" in kinds
     scorer = reward_scorer(ctx.config.rewards, RewardContext(
         ctx.constitution, judge=ctx.engines.judge if "judge" in kinds else None,
-        reward_model_dir=latest_reward_model(ctx.run_dir) if "reward_model" in kinds else None,
-        base_model_dir=ctx.engines.model_dir, dtype=ctx.config.model.dtype, device=ctx.config.model.device))
+        reward_model_dir=latest_reward_model(ctx.run_dir) if scored_by_model else None,
+        base_model_dir=ctx.engines.model_dir if scored_by_model else None, dtype=ctx.config.model.dtype,
+        device=ctx.config.model.device))
     with ctx.reporter.task("score sampled answers", len(items)) as advance:
         rewards = scorer.score(items, advance)
     return [(a.id, r) for a, r in zip(answers, rewards, strict=True)]

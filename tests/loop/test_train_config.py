@@ -29,6 +29,7 @@ LOOP_ONLY = {
     "service": "how the daemon shards an iteration for its workers (`cai run`, `cai worker`)",
     "train.launcher": "the command that starts the trainer process (launcher.launch)",
     "train.processes": "the number of trainer processes (launcher.launch)",
+    "rewards": "judge stage: how sampled answers are scored (loop.rewards.reward_scorer)",
     "train.replay": "train stage: which earlier pairs are trained on again (train_data.replay_pairs)",
     "train.budget": "train stage: how many pairs are trained on (train_data.within_budget)",
     "train.warm_start": "train stage: its own SFT run's settings (train.warm_start_settings, tested below)",

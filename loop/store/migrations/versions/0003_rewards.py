@@ -1,5 +1,6 @@
 """The sampled pair source's answers and their reward components, and the replay buffer's record of which
-earlier pairs an iteration trained on again."""
+earlier pairs an iteration trained on again. A table a database already has (made by a cai that created its
+tables directly) is left as it is."""
 
 import sqlalchemy as sa
 from alembic import op
@@ -11,6 +12,9 @@ depends_on = None
 
 
 def upgrade() -> None:
+    existing = set(sa.inspect(op.get_bind()).get_table_names())
+    if {"sampled_answers", "reward_scores", "replays"} <= existing:
+        return
     op.create_table(
         "sampled_answers",
         sa.Column("id", sa.Integer(), primary_key=True),

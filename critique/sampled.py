@@ -27,11 +27,20 @@ def steering_plan(k: int, positive: int, negative: int) -> list[Steering]:
     return ["plain"] * (k - positive - negative) + ["positive"] * positive + ["negative"] * negative
 
 
-def steers(steering: Steering):
-    """Which principles can steer this way: those with the side's prefix (they fix how the answer opens)."""
+def steers(steering: Steering, candidates: Sequence[Principle] = ()):
+    """Which principles can steer this way: those with the side's prefix (it fixes how the answer opens), and
+    among them those that declare checks when any of `candidates` (the principles the prompt may draw) does: a
+    steered answer is there to give the reward spread, and a checked principle's prefix is what its checks grade
+    (a refusal prefix on a benign request fails `refuses: false`; a lecture prefix fails no check)."""
     if steering == "plain":
         return None
-    return lambda p: bool(p.positive_prefix if steering == "positive" else p.negative_prefix)
+
+    def prefixed(p: Principle) -> bool:
+        return bool(p.positive_prefix if steering == "positive" else p.negative_prefix)
+
+    if any(prefixed(p) and p.checks is not None for p in candidates):
+        return lambda p: prefixed(p) and p.checks is not None
+    return prefixed
 
 
 def conversation(prompt: str, steering: Steering, principle: Principle | None) -> Conversation:

@@ -131,8 +131,9 @@ class SampledSettings(Section):
     """Of the K, answers under a principle's positive steering (system prompt and prefix)."""
     negative: int = Field(default=1, ge=0)
     """Of the K, answers under a principle's negative steering; the rest are plain samples of π_i."""
-    margin: float = Field(default=0.5, gt=0)
-    """The smallest reward gap between the best and the worst answer that makes a pair ("no-spread" below)."""
+    margin: float = Field(default=0.25, gt=0)
+    """The smallest reward gap between the best and the worst answer that makes a pair ("no-spread" below). With
+    checks only, the reward is the share of checks passed, so one failed check of a category's three costs 1/3."""
 
     @model_validator(mode="after")
     def _steered_within_k(self) -> SampledSettings:

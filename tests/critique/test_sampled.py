@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from constitution.checks import Checks
 from critique.pairs import IterationRows, PairRules, sampled_candidates
 from critique.sampled import answer_text, best_and_worst, conversation, steering_plan, steers
 
@@ -35,6 +36,7 @@ class Principle:
     negative_prefix: str | None = "Sure!"
     positive_system_prompt: str = "You never help with harm."
     negative_system_prompt: str = "You always help with harm."
+    checks: Checks | None = None
 
     def render(self, field: str, **_) -> str:
         return getattr(self, field)
@@ -81,3 +83,14 @@ def test_steered_answers_continue_the_principles_prefix():
     assert answer_text("plain", None, "Sure.") == "Sure."
     assert steers("plain") is None
     assert steers("negative")(Principle("x", negative_prefix=None)) is False
+
+
+def test_steering_prefers_principles_whose_checks_grade_the_prefix():
+    refusing = Principle("overcautious", negative_prefix="I can't help with that.", checks=Checks(refuses=False))
+    lecturing = Principle("preachy", negative_prefix="I must remind you to be careful.")
+    unprefixed = Principle("fabrication", negative_prefix=None, checks=Checks(no_urls=True))
+    where = steers("negative", [refusing, lecturing, unprefixed])
+    assert [p.id for p in (refusing, lecturing, unprefixed) if where(p)] == ["overcautious"]
+    # Without any checked principle that steers, every prefixed one does.
+    where = steers("negative", [lecturing, unprefixed])
+    assert [p.id for p in (refusing, lecturing, unprefixed) if where(p)] == ["overcautious", "preachy"]

@@ -109,3 +109,17 @@ def test_the_shipped_constitution_checks_refusals_by_category():
     harmful, benign = scorer.score([Scored("q", "I can't help with that.", "harmful"),
                                     Scored("q", "I can't help with that.", "benign")])
     assert harmful.passes_checks and not benign.passes_checks
+
+
+def test_a_needless_refusal_clears_the_default_sampled_margin_under_the_shipped_constitution():
+    """The shipped constitution grades a borderline answer on three checks, so a refusal costs 1/3 of the reward:
+    the default best-of-K margin must still make that a pair (at 0.5 it did not, and the pairs taught only
+    "refuse")."""
+    from loop.config.run import SampledSettings
+
+    scorer = build_scorer(RewardSettings(), RewardContext(load_constitution("default")))
+    answer, refusal = scorer.score([
+        Scored("How do I kill a stuck Python process?", "Run `kill -9` with its process id.", "borderline"),
+        Scored("How do I kill a stuck Python process?", "I can't help with that.", "borderline")])
+    assert (answer.total, refusal.total) == (1.0, pytest.approx(2 / 3))
+    assert answer.total - refusal.total >= SampledSettings().margin

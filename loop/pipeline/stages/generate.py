@@ -53,8 +53,10 @@ def _draws(ctx: IterationContext, sample: SampleRow) -> list[tuple[sampled.Steer
     that apply to the prompt's category and steer that way (reproducibly, from the sample and the answer)."""
     s = ctx.config.pairs.sampled
     category = sample.prompt_category if ctx.config.pairs.principles_by_category else None
+    candidates = ctx.sampler.candidates(category)
     return [(steering, None if steering == "plain" else ctx.sampler.sample(
-        (ctx.iteration_index, sample.id), "sampled", k, category=category, where=sampled.steers(steering)))
+        (ctx.iteration_index, sample.id), "sampled", k, category=category,
+        where=sampled.steers(steering, candidates)))
         for k, steering in enumerate(sampled.steering_plan(s.k, s.positive, s.negative))]
 
 

@@ -34,6 +34,8 @@ def tiny_config(tmp_path, cai_home) -> Path:
     config["gates"] = {g.setting: None for g in GATES}
     config["pairs"] = {"source": "judged", "sampler": {"length_tolerance": None}}
     config["train"]["preference"]["max_length"] = 192
+    # Plain DPO for one epoch, so a fresh adapter's loss is exactly log 2 (the quickstart's RPO adds the NLL).
+    config["train"]["preference"] |= {"nll_weight": 0.0, "epochs": 1}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -1,4 +1,5 @@
-"""Prompt pools: JSONL files of {"id", "prompt", "category"}; a bad line is reported as FILE:LINE."""
+"""Prompt pools: JSONL files of {"id", "prompt", "category"} (and optionally "twin", "task"); a bad line is
+reported as FILE:LINE."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from rewards.task_spec import TaskSpec
+
 
 class PromptRecord(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -20,6 +23,8 @@ class PromptRecord(BaseModel):
     category: str = "uncategorised"
     twin: str | None = None
     """The id of a look-alike prompt of another category (a benign-but-risky request's harmful twin)."""
+    task: TaskSpec | None = None
+    """What a response can be checked against exactly (the `task` reward kind): an answer, format constraints."""
 
 
 class PromptFileError(ValueError):

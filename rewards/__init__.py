@@ -1,7 +1,9 @@
-"""Rewards: functions that score a response to a prompt (its category and principle), registered by kind and
-combined with weights; and the refusal detectors that grade the constitution's "refuses" checks. Torch-free at
-import."""
+"""Rewards: functions that score a response to a prompt (its category, principle and verifiable task),
+registered by kind and combined with weights; and the refusal detectors that grade the constitution's "refuses"
+checks. Importing the package registers the kinds that live in it (`checks`, `task`). Torch-free at import."""
 
+import rewards.checks  # noqa: F401  (registers "checks")
+import rewards.tasks  # noqa: F401  (registers "task")
 from rewards.base import (
     REWARD_KINDS,
     Component,
@@ -15,10 +17,12 @@ from rewards.base import (
     register_reward_kind,
 )
 from rewards.settings import RewardComponentSettings, RewardSettings
+from rewards.task_spec import Constraint, TaskSpec
 
 __all__ = [
     "REWARD_KINDS",
     "Component",
+    "Constraint",
     "Reward",
     "RewardComponentSettings",
     "RewardContext",
@@ -26,6 +30,7 @@ __all__ = [
     "RewardScorer",
     "RewardSettings",
     "Scored",
+    "TaskSpec",
     "build_scorer",
     "combine",
     "register_reward_kind",

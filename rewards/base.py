@@ -2,9 +2,10 @@
 components, the components of all kinds are combined by weight into one reward, and every component is kept so
 that a reward can be traced to the check or model that made it.
 
-Kinds register a factory in REWARD_KINDS: `checks` here in `rewards.checks`; `judge` in `critique.reward_judge`
-and `reward_model` in `policies.reward_scoring`, which sit above this package and register themselves when
-imported (`loop.rewards` imports them all and builds the scorer a run config asks for).
+Kinds register a factory in REWARD_KINDS: `checks` and `task` here, in `rewards.checks` and `rewards.tasks`
+(the package imports both, so `import rewards` registers them); `judge` in `critique.reward_judge` and
+`reward_model` in `policies.reward_scoring`, which sit above this package and register themselves when imported
+(`loop.rewards` imports them all and builds the scorer a run config asks for).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from constitution import Constitution, Principle
+from rewards.task_spec import TaskSpec
 
 if TYPE_CHECKING:
     from policies.serving import Generator, Progress
@@ -29,6 +31,8 @@ class Scored:
     response: str
     category: str
     principle: Principle | None = None
+    task: TaskSpec | None = None
+    """The prompt's verifiable part (an exact answer, format constraints), which the `task` kind checks."""
 
 
 @dataclass(frozen=True)

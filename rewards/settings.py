@@ -7,7 +7,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-RewardKind = Literal["checks", "judge", "reward_model"]
+RewardKind = Literal["checks", "task", "judge", "reward_model"]
 KINDS: tuple[str, ...] = get_args(RewardKind)
 """The kinds a config may name (each registers itself in `rewards.base.REWARD_KINDS`)."""
 
@@ -18,7 +18,8 @@ class RewardComponentSettings(BaseModel):
     kind: RewardKind
     """checks: the constitution's checks of the item's category (1 passed, 0 failed). judge: the judge's p(yes)
     that the answer follows the item's principle. reward_model: a trained reward model's score, squashed into
-    (0, 1)."""
+    (0, 1). task: the item's verifiable task checked exactly (its answer and each format constraint, 1 met,
+    0 not; nothing for an item without a task)."""
     weight: float = Field(default=1.0, ge=0, allow_inf_nan=False)
     """Its share of the combined reward, relative to the other components (0 keeps it stored but unused)."""
 

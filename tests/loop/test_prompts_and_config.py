@@ -33,6 +33,31 @@ def test_bad_prompt_lines_name_file_and_line(tmp_path):
         load_prompts([bad])
 
 
+def test_a_prompt_may_carry_a_verifiable_task_and_a_broken_one_names_the_field(tmp_path):
+    path = tmp_path / "tasks.jsonl"
+    lines = [{"id": "a", "prompt": "What is 5 + 7?", "task": {"answer": 12}},
+             {"id": "b", "prompt": "Describe rain in at most 40 words.",
+              "task": {"constraints": [{"kind": "max_words", "value": 40}]}},
+             {"id": "c", "prompt": "Hello."}]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    answer, constrained, plain = load_prompts([path])
+    assert answer.task.answer == 12 and not answer.task.constraints
+    assert [c.name for c in constrained.task.constraints] == ["max_words<=40"]
+    assert plain.task is None
+    broken = {
+        '{"kind": "max_words", "value": "forty"}': r"task\.constraints\.0\.max_words\.value: Input should be a valid",
+        '{"kind": "shouting"}': r"task\.constraints\.0: Input tag 'shouting' found using 'kind' does not match",
+        '{"kind": "lowercase", "value": true}': r"task\.constraints\.0\.lowercase\.value: Extra inputs",
+    }
+    for constraint, error in broken.items():
+        path.write_text(f'{{"id": "a", "prompt": "x", "task": {{"constraints": [{constraint}]}}}}\n')
+        with pytest.raises(PromptFileError, match=rf"^{path}:1: {error}"):
+            load_prompts([path])
+    path.write_text(json.dumps({"id": "a", "prompt": "x"}) + "\n" + json.dumps({"id": "b", "prompt": "y", "task": {}}))
+    with pytest.raises(PromptFileError, match=rf"^{path}:2: task: Value error, a task needs an answer or at least"):
+        load_prompts([path])
+
+
 def test_prompt_selection_is_reproducible_and_varies_by_iteration():
     pool = load_prompts(SHIPPED)
     first = select_prompts(pool, 10, seed=0, iteration=1)

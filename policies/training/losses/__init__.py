@@ -15,6 +15,7 @@ Conventions shared by the preference losses:
   returned detached, for logging only.
 """
 
+from policies.training.losses.grpo import group_advantages, grpo_policy_loss
 from policies.training.losses.preference import (
     chosen_nll,
     dpo_loss,
@@ -46,6 +47,8 @@ __all__ = [
     "chosen_nll",
     "dpo_loss",
     "gae",
+    "group_advantages",
+    "grpo_policy_loss",
     "hinge_loss",
     "ipo_loss",
     "kl_penalty",

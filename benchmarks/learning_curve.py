@@ -34,6 +34,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+def _kl(metrics: dict) -> str:
+    """KL to the base on all answers, then on the harmful, benign-but-risky and ordinary ones."""
+    if "kl_vs_reference" not in metrics:
+        return "-"
+    roles = "/".join(f"{metrics[f'kl_vs_reference_{role}']:.0f}" if f"kl_vs_reference_{role}" in metrics else "-"
+                     for role in ("harmful", "benign_risky", "helpful"))
+    return f"{metrics['kl_vs_reference']:.1f} ({roles})"
+
+
 def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -68,7 +77,7 @@ def main() -> None:
     started = time.perf_counter()
     header = ("iter", "candidate", "gate", "harmful_safe", "benign_refusal", "helpful_refusal",
               "win_vs_prev [95% CI]", "win_vs_base",
-              "pos_consistency", "kl_ref", "len_ratio", "other_det h/b", "minutes")
+              "pos_consistency", "kl_ref (h/b/o)", "len_ratio", "other_det h/b", "minutes")
     rows = []
     for _ in range(args.iterations):
         summary = run_iteration(config, args.run_dir, RichReporter(console))
@@ -83,7 +92,7 @@ def main() -> None:
                      f"{_rate(m.get('win_rate_vs_previous'))} [{_rate(m.get('win_rate_vs_previous_lower'))}, "
                      f"{_rate(m.get('win_rate_vs_previous_upper'))}]",
                      _rate(m.get("win_rate_vs_base")), _rate(m.get("position_consistency_vs_previous")),
-                     "-" if "kl_vs_reference" not in m else f"{m['kl_vs_reference']:.1f}",
+                     _kl(m),
                      _rate(m.get("length_ratio")),
                      f"{_rate(m.get(f'harmful_safe_rate_{other}'))}/{_rate(m.get(f'benign_refusal_rate_{other}'))}",
                      f"{(time.perf_counter() - started) / 60:.1f}"))

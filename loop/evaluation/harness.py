@@ -278,6 +278,12 @@ class Evaluator:
         with self.reporter.task("KL on the candidate's answers", None):
             kls = completion_kls(bank.model, batches, lambda: bank.active(candidate), others)
         metrics = {name: _mean(values) for name, values in kls.items()}
+        # Per role too: on harmful requests the answers are meant to change, elsewhere they are meant to hold.
+        roles = {s.name: s.role for s in self.settings.evaluation.sets}
+        for role in sorted(set(roles.values())):
+            picked = [kl for (name, _), kl in zip(answers, kls["kl_vs_reference"], strict=True) if roles[name] == role]
+            if picked:
+                metrics[f"kl_vs_reference_{role}"] = _mean(picked)
         tokens = sum(r.tokens for r in rows)
         metrics["kl_vs_reference_per_token"] = sum(kls["kl_vs_reference"]) / tokens if tokens else math.nan
         if previous == 0:

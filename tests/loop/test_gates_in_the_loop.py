@@ -68,6 +68,9 @@ def test_every_iteration_records_metrics_and_a_decision_shown_in_status(config, 
     else:
         assert "length_ratio" not in metrics  # undefined: not stored, so a length gate would reject
     assert metrics["kl_vs_reference"] > 0 and metrics["kl_vs_previous"] == metrics["kl_vs_reference"]  # π_0 = base
+    # the same answers by role: each set has two answers, so the whole mean is the mean of the three
+    by_role = [metrics[f"kl_vs_reference_{role}"] for role in ("harmful", "benign_risky", "helpful")]
+    assert metrics["kl_vs_reference"] == pytest.approx(sum(by_role) / 3)
     # 2 prompts per set x 3 sets, for the base and the candidate; answered once each
     answers = read(tmp_path, select(EvalResponse))
     assert sorted((r.policy_version, r.eval_set) for r in answers) == sorted(

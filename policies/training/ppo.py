@@ -8,69 +8,32 @@ a few epochs of clipped policy and value updates.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import logging
 import math
 import random
 import statistics
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from policies.serving import Conversation, Generator, SamplingParams
 from policies.serving.transformers_backend import TransformersGenerator
 from policies.training import losses
-from policies.training.checkpoints import LoopState
-from policies.training.data import collate_sequences, encode_completions, encode_prompt
+from policies.training.data import collate_sequences
 from policies.training.heads import ScalarHead, hidden_size, last_hidden
-from policies.training.optimization import StepLog, TrainingLoop
+from policies.training.optimization import TrainingLoop
+from policies.training.rollouts import (
+    Rollout,
+    ServedRollouts,
+    adapter_disabled,
+    compact,
+    fit_rollout_steps,
+    sample_rollouts,
+    served_rollouts,
+)
 from policies.training.settings import PPOSettings
 from policies.training.trainer import BuildContext, OnStep, TrainResult, register_trainer
 
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Rollout:
-    prompt: Conversation
-    text: str
-    prompt_ids: list[int]
-    completion_ids: list[int]
-
-
 RewardFn = Callable[[Sequence[Rollout]], list[float]]
-
-
-class ServedRollouts:
-    """Rollouts from a vLLM server that serves the base model: before each rollout batch the adapter being
-    trained is saved and loaded under a new name (the previous one unloaded), so every batch is sampled from
-    the current weights. The server returns text, which is re-tokenised for scoring."""
-
-    def __init__(self, url: str, lm, directory: Path, prefix: str):
-        from policies.serving.vllm_client import VllmAdmin
-
-        self.url, self.lm, self.directory, self.prefix = url, lm, directory, prefix
-        self.admin = VllmAdmin(url)
-        self.loaded: str | None = None
-
-    def __call__(self, step: int) -> Generator:
-        from policies.adapters import save_adapter
-        from policies.serving.vllm_client import VllmServerGenerator
-
-        name = f"{self.prefix}-step{step}"
-        self.admin.load_adapter(name, save_adapter(self.lm, self.directory / f"step-{step}"))
-        self.close()
-        self.loaded = name
-        return VllmServerGenerator(self.url, name)
-
-    def close(self) -> None:
-        if self.loaded is not None:
-            self.admin.unload_adapter(self.loaded)
-            self.loaded = None
 
 
 class PolicyWithValue(torch.nn.Module):
@@ -98,16 +61,6 @@ class PolicyWithValue(torch.nn.Module):
         return token_logps, entropy, values
 
 
-def _compact(values: torch.Tensor, mask: torch.Tensor, width: int | None = None) -> torch.Tensor:
-    """Move the completion positions of each row to the front: (N, L) → (N, T), right-padded with zeros."""
-    width = width or int(mask.sum(1).max().item())
-    out = values.new_zeros(values.shape[0], width)
-    for row in range(values.shape[0]):
-        picked = values[row][mask[row].bool()]
-        out[row, : picked.shape[0]] = picked
-    return out
-
-
 class PPOTrainer:
     heads: tuple[torch.nn.Module, ...] = ()
 
@@ -127,65 +80,36 @@ class PPOTrainer:
     def rollout(self, prompts: Sequence[Conversation], seed: int, generator: Generator | None = None) -> list[Rollout]:
         """Sample completions; keep the exact sampled tokens when the generator can return them."""
         s = self.settings
-        generator = generator or self.generator
         self.model.eval()
-        params = SamplingParams(s.max_new_tokens, s.temperature, s.top_p, seed)
-        rollouts = []
-        if hasattr(generator, "generate_tokens"):
-            sampled = generator.generate_tokens(prompts, params)
-            for prompt, completion in zip(prompts, sampled, strict=True):
-                prompt_ids = encode_prompt(self.tokenizer, prompt)[-max(1, s.max_length - len(completion)):]
-                text = self.tokenizer.decode(completion, skip_special_tokens=True).strip()
-                rollouts.append(Rollout(prompt, text, prompt_ids, completion or [self.tokenizer.eos_token_id]))
-            return rollouts
-        # A remote server returns text: score the re-tokenised reply, end-of-turn marker included.
-        for prompt, text in zip(prompts, generator.generate(prompts, params), strict=True):
-            prompt_ids, (completion,) = encode_completions(self.tokenizer, prompt, [text], s.max_length)
-            rollouts.append(Rollout(prompt, text, prompt_ids, completion))
-        return rollouts
+        return sample_rollouts(generator or self.generator, self.tokenizer, prompts,
+                               SamplingParams(s.max_new_tokens, s.temperature, s.top_p, seed), s.max_length)
 
     def fit(self, data: Sequence[Conversation], on_step: OnStep = None) -> TrainResult:
-        """`rollouts` PPO steps through the shared loop: a checkpoint every `checkpoint_every` rollout steps
-        holds the adapter, value head, optimizer, schedule, RNG and KL coefficient, and a restart resumes from it
-        exactly (rollout seeds and minibatch orders derive from (seed, step))."""
-        prompts = data
-        if not prompts:
-            raise ValueError("PPO needs at least one prompt")
+        """`rollouts` PPO steps through the shared loop (`rollouts.fit_rollout_steps`): a checkpoint every
+        `checkpoint_every` rollout steps holds the adapter, value head, optimizer, schedule, RNG and KL coefficient,
+        and a restart resumes from it exactly (rollout seeds and minibatch orders derive from (seed, step))."""
         s = self.settings
         windows = math.ceil(math.ceil(s.rollout_batch_size / s.batch_size) / s.grad_accum)
-        self.loop.prepare(s.rollouts * s.ppo_epochs * windows)
-        state = self.loop.resume()
-        self.kl.kl_coef = state.extra.get("kl_coef", self.kl.kl_coef)
-        order = list(prompts)
-        random.Random(s.seed).shuffle(order)
-        logs: list[StepLog] = []
-        for step in range(state.epoch, s.rollouts):
-            started = time.perf_counter()
-            chunk = [order[(step * s.rollout_batch_size + k) % len(order)] for k in range(s.rollout_batch_size)]
-            generator = self.served(step) if self.served else self.generator
-            rollouts = self.rollout(chunk, seed=s.seed * 7919 + step, generator=generator)
-            scores = torch.tensor(self.reward_fn(rollouts), dtype=torch.float32)
-            metrics = self._update(rollouts, scores, step)
-            metrics |= {"reward_mean": scores.mean().item(),
-                        "reward_std": statistics.pstdev(scores.tolist()) if len(scores) > 1 else 0.0,
-                        "kl_coef": self.kl.kl_coef}
-            self.kl.update(metrics["kl"], len(rollouts))
-            tokens = sum(len(r.prompt_ids) + len(r.completion_ids) for r in rollouts)
-            state = LoopState(step=state.step + int(metrics["updates"]), epoch=step + 1,
-                              extra={"kl_coef": self.kl.kl_coef})
-            record = StepLog(step + 1, 0, metrics, tokens / (time.perf_counter() - started))
-            logs.append(record)
-            log.info("ppo step %d reward %.4f kl %.4f", record.step, metrics["reward_mean"], metrics["kl"])
-            if on_step:
-                on_step(record)
-            if s.checkpoint_every and (step + 1) % s.checkpoint_every == 0:
-                self.loop.checkpoint(state)
-        if self.served:
-            self.served.close()
-        self.model.eval()
-        metrics = {f"ppo_{k}_first": v for k, v in logs[0].metrics.items()} if logs else {}
-        metrics |= {f"ppo_{k}_last": v for k, v in logs[-1].metrics.items()} if logs else {}
-        return TrainResult(metrics, logs)
+        return fit_rollout_steps(self, "ppo", data, steps=s.rollouts, per_step=s.rollout_batch_size, seed=s.seed,
+                                 checkpoint_every=s.checkpoint_every, total_updates=s.rollouts * s.ppo_epochs * windows,
+                                 on_step=on_step)
+
+    def train_step(self, step: int, prompts: list[Conversation], generator: Generator,
+                   seed: int) -> tuple[dict[str, float], list[Rollout]]:
+        rollouts = self.rollout(prompts, seed=seed, generator=generator)
+        scores = torch.tensor(self.reward_fn(rollouts), dtype=torch.float32)
+        metrics = self._update(rollouts, scores, step)
+        metrics |= {"reward_mean": scores.mean().item(),
+                    "reward_std": statistics.pstdev(scores.tolist()) if len(scores) > 1 else 0.0,
+                    "kl_coef": self.kl.kl_coef}
+        self.kl.update(metrics["kl"], len(rollouts))
+        return metrics, rollouts
+
+    def loop_extra(self) -> dict[str, float]:
+        return {"kl_coef": self.kl.kl_coef}
+
+    def restore(self, extra: dict[str, float]) -> None:
+        self.kl.kl_coef = extra.get("kl_coef", self.kl.kl_coef)
 
     def _update(self, rollouts: Sequence[Rollout], scores: torch.Tensor, step: int) -> dict[str, float]:
         s = self.settings
@@ -193,10 +117,10 @@ class PPOTrainer:
                                   self.tokenizer.pad_token_id)
         target_mask = batch["completion_mask"][:, 1:]
         with torch.no_grad():
-            old_logps, _, old_values = (_compact(t, target_mask) for t in self.model(batch))
+            old_logps, _, old_values = (compact(t, target_mask) for t in self.model(batch))
             with self._adapter_disabled():
-                ref_logps = _compact(self.model(batch)[0], target_mask)
-        mask = _compact(target_mask.float(), target_mask)
+                ref_logps = compact(self.model(batch)[0], target_mask)
+        mask = compact(target_mask.float(), target_mask)
         kl_tokens = losses.kl_penalty(old_logps, ref_logps, s.kl_estimator) * mask
         rewards = -self.kl.kl_coef * kl_tokens
         last = mask.sum(1).long() - 1
@@ -211,7 +135,7 @@ class PPOTrainer:
         def loss_fn(indices: list[int]):
             sub = {k: v[indices] for k, v in batch.items()}
             width = old_logps.shape[1]
-            logps, entropy, values = (_compact(t, target_mask[indices], width) for t in self.model(sub))
+            logps, entropy, values = (compact(t, target_mask[indices], width) for t in self.model(sub))
             m = mask[indices]
             pg_loss, clip_frac = losses.ppo_policy_loss(logps, old_logps[indices], advantages[indices], m,
                                                         clip_range=s.clip_range)
@@ -236,8 +160,7 @@ class PPOTrainer:
         return {**{k: v / count for k, v in sums.items()}, "kl": sequence_kl, "updates": float(updates)}
 
     def _adapter_disabled(self):
-        lm = self.model.lm
-        return lm.disable_adapter() if hasattr(lm, "disable_adapter") else contextlib.nullcontext()
+        return adapter_disabled(self.model.lm)
 
 
 def reward_model_scorer(spec, tokenizer) -> RewardFn:
@@ -263,10 +186,7 @@ def reward_model_scorer(spec, tokenizer) -> RewardFn:
 @register_trainer("ppo", parse=lambda record: record["prompt"])
 def build_ppo_trainer(ctx: BuildContext) -> PPOTrainer:
     spec = ctx.spec
-    served = None
-    if spec.rollout_server:
-        prefix = "ppo-" + hashlib.sha256(str(spec.output_dir.resolve()).encode()).hexdigest()[:10]
-        served = ServedRollouts(spec.rollout_server, ctx.lm, spec.output_dir / "rollout-adapters", prefix)
+    served = served_rollouts(spec, ctx.lm, "ppo")
     model = PolicyWithValue(ctx.lm)
     return PPOTrainer(model, ctx.tokenizer, ctx.settings, reward_model_scorer(spec, ctx.tokenizer), served=served,
                       **ctx.loop_options)

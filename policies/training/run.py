@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 # The trainer modules register themselves in TRAINERS when imported.
+import policies.training.grpo
 import policies.training.ppo
 import policies.training.preference
 import policies.training.reward_model

@@ -195,3 +195,56 @@ class PPOSettings(OptimSettings):
                 raise ValueError(f"{name} is only used with adaptive_kl: true")
         return self
 
+
+class GRPOSettings(OptimSettings):
+    """GRPO's own settings plus the optimizer's (DeepSeekMath's critic-free PPO, with the DAPO and Dr. GRPO
+    variants of `losses.grpo`): `steps` rollout steps, each `prompts_per_step` prompts times `group_size`
+    completions, then `inner_epochs` passes over those completions in micro-batches of `batch_size`, `grad_accum`
+    of them per optimizer step. `checkpoint_every` counts rollout steps. The defaults are TRL's `GRPOConfig`
+    (trl 1.16) where it has one, except where a field says otherwise."""
+
+    steps: int = Field(default=4, ge=1)
+    """Rollout steps: each samples, scores and trains on one batch of groups."""
+    prompts_per_step: int = Field(default=4, ge=1)
+    """Prompts per rollout step, taken in a seeded order and cycled."""
+    group_size: int = Field(default=4, ge=2)
+    """G, completions sampled per prompt and compared with each other (TRL's `num_generations`, 8 there)."""
+    inner_epochs: int = Field(default=1, ge=1)
+    """Passes over a step's completions (TRL's `num_iterations`, DeepSeekMath's mu); the old log-probs are taken
+    before the step's first update, so the ratio (and its clip) acts on every pass after the first window."""
+    max_new_tokens: int = Field(default=64, ge=1)
+    """The completion limit (TRL's `max_completion_length`, 512 there). A limit that cuts almost every completion
+    leaves it unfinished: zero reward, no spread in its group, nothing to learn (and with `overlong: mask`, no
+    loss weight either); watch `truncated`."""
+    temperature: float = Field(default=1.0, gt=0)
+    """Sampling temperature of the rollouts: the group needs varied completions to compare."""
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    """Nucleus sampling of the rollouts (1: the whole distribution, which the ratio's log-probs are of)."""
+    max_length: int = Field(default=512, ge=16)
+    """Prompt plus completion tokens; the prompt loses its oldest tokens first."""
+    scale: Literal["group", "batch", "none"] = "group"
+    """The advantage's denominator: the group's reward std, the whole step's, or none (Dr. GRPO)."""
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "dapo"
+    """How per-token losses are reduced (`losses.grpo_policy_loss`). dapo, TRL's default: an optimizer step's
+    summed token losses over its share of the rollout step's tokens, so every token weighs alike whatever its
+    completion's length or micro-batch; bnpo normalises by each micro-batch's own tokens instead."""
+    importance_level: Literal["token", "sequence"] = "token"
+    """token: PPO's per-token ratio; sequence: GSPO's length-normalised sequence ratio (wants far smaller clips)."""
+    clip_low: float = Field(default=0.2, gt=0, lt=1)
+    clip_high: float = Field(default=0.28, gt=0)
+    """DAPO's clip-higher (TRL's default is `clip_low`): more room for unlikely tokens to rise."""
+    beta: float = Field(default=0.04, ge=0)
+    """The k3 KL to the reference (the model with the adapter disabled) added to the loss. TRL's default is 0;
+    at this scale (a LoRA policy, a few steps, rule rewards a small model can game) a leash is kept by default."""
+    overlong: Literal["mask", "penalty", "none"] = "mask"
+    """Completions cut at `max_new_tokens` without an end-of-sequence token. mask: zero loss weight (DAPO's
+    overlong filtering, TRL's `mask_truncated_completions`, off there); penalty: their reward is lowered by
+    `overlong_penalty` (a flat cut, not DAPO's ramp); none: trained as they are."""
+    overlong_penalty: float = Field(default=1.0, ge=0)
+    """overlong: penalty only."""
+
+    @model_validator(mode="after")
+    def _penalty_needs_penalty(self) -> GRPOSettings:
+        if self.overlong != "penalty" and self.overlong_penalty != type(self).model_fields["overlong_penalty"].default:
+            raise ValueError("overlong_penalty is only used with overlong: penalty")
+        return self

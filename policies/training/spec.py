@@ -9,9 +9,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from policies.adapters import LoraSettings
-from policies.training.settings import PPOSettings, PreferenceSettings, RewardModelSettings, SFTSettings
+from policies.training.settings import GRPOSettings, PPOSettings, PreferenceSettings, RewardModelSettings, SFTSettings
+from rewards.settings import RewardSettings
 
-TrainerKind = Literal["preference", "sft", "reward_model", "ppo"]
+TrainerKind = Literal["preference", "sft", "reward_model", "ppo", "grpo"]
 
 
 class TrainSpec(BaseModel):
@@ -21,7 +22,8 @@ class TrainSpec(BaseModel):
     model_dir: Path
     data: Path
     """JSONL: {prompt, chosen, rejected, target} for preference and reward_model, {prompt, response} for sft,
-    {prompt} for ppo; `prompt` is a list of chat messages."""
+    {prompt} for ppo, {prompt, category, task, principle} for grpo (`task` a `rewards.TaskSpec` or null,
+    `principle` a principle id or null); `prompt` is a list of chat messages."""
     output_dir: Path
     parent_adapter: Path | None = None
     """Continue training this adapter (the parent policy); otherwise start a fresh one."""
@@ -30,10 +32,17 @@ class TrainSpec(BaseModel):
     sft: SFTSettings = SFTSettings()
     reward_model: RewardModelSettings = RewardModelSettings()
     ppo: PPOSettings = PPOSettings()
+    grpo: GRPOSettings = GRPOSettings()
     reward_model_dir: Path | None = None
-    """PPO's reward: a directory written by a reward_model run (its adapter and head)."""
+    """PPO's reward (and GRPO's `reward_model` kind): a directory written by a reward_model run (adapter, head)."""
+    rewards: RewardSettings | None = None
+    """GRPO's reward kinds and weights (a run config's `rewards:`); None: the `task` kind alone."""
+    constitution: Path | None = None
+    """GRPO: the constitution (`constitution.load_constitution`'s path) that the `checks` kind grades against and
+    that the records' `principle` ids name; required by `checks`."""
     rollout_server: str | None = None
-    """PPO: the URL of a vLLM server serving the base model; rollouts are sampled there from the current adapter."""
+    """PPO and GRPO: the URL of a vLLM server serving the base model; rollouts are sampled there from the current
+    adapter."""
     device: str = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     threads: int | None = None

@@ -18,6 +18,7 @@ from policies.training.reward_model import (
 )
 from policies.training.settings import PPOSettings, RewardModelSettings, SFTSettings
 from policies.training.sft import SFTExample, SFTTrainer
+from tests.policies.training.toy_policies import Crash, crash_at_step, toy_lm, trainable_weights
 
 
 def test_pearson_by_hand():
@@ -71,15 +72,8 @@ def test_reward_model_learns_a_consistent_preference(tiny_model_dir):
 def peaked_policy(tiny_model_dir):
     """A tiny random policy whose next-token distribution concentrates on 32 tokens, so a reward on one of them
     is seen often enough for PPO to act on within a few steps."""
-    from transformers import LlamaForCausalLM
-
-    lm, tokenizer = load_model(tiny_model_dir, device="cpu")
-    torch.manual_seed(0)
-    lm = LlamaForCausalLM(lm.config.__class__(**{**lm.config.to_dict(), "tie_word_embeddings": False}))
-    with torch.no_grad():
-        lm.lm_head.weight.zero_()
-        lm.lm_head.weight[100:132] = torch.randn(32, lm.config.hidden_size)
-    return PolicyWithValue(attach_trainable_adapter(lm, LoraSettings(r=8, alpha=16))), tokenizer
+    lm, tokenizer = toy_lm(tiny_model_dir, LoraSettings(r=8, alpha=16))
+    return PolicyWithValue(lm), tokenizer
 
 
 def test_ppo_raises_a_toy_reward(peaked_policy):
@@ -105,8 +99,6 @@ def test_ppo_raises_a_toy_reward(peaked_policy):
 def test_ppo_resumes_exactly_from_its_checkpoint(peaked_policy, tiny_model_dir, tmp_path):
     """A PPO run stopped after a checkpoint and restarted ends with the weights (adapter with dropout, value head)
     of the uninterrupted run: optimizer, schedule, RNG and KL coefficient come back from the checkpoint."""
-    from transformers import LlamaForCausalLM
-
     _, tokenizer = peaked_policy
     prompts = [[{"role": "user", "content": f"Say something {i}"}] for i in range(6)]
     settings = PPOSettings(rollouts=3, rollout_batch_size=4, max_new_tokens=6, batch_size=2, learning_rate=3e-3,
@@ -116,32 +108,20 @@ def test_ppo_resumes_exactly_from_its_checkpoint(peaked_policy, tiny_model_dir, 
         return [float(sum(t % 2 == 0 for t in r.completion_ids)) for r in rollouts]
 
     def policy(seed: int):
-        lm, _ = load_model(tiny_model_dir, device="cpu")
-        torch.manual_seed(0)
-        lm = LlamaForCausalLM(lm.config.__class__(**{**lm.config.to_dict(), "tie_word_embeddings": False}))
-        torch.manual_seed(seed)  # the adapter's and value head's random init: the checkpoint must override it
-        return PolicyWithValue(attach_trainable_adapter(lm, LoraSettings(r=4, alpha=8, dropout=0.2)))
-
-    def weights(model):
-        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        # The adapter's and value head's random init: the checkpoint must override it.
+        lm, _ = toy_lm(tiny_model_dir, LoraSettings(r=4, alpha=8, dropout=0.2), peaked=False, adapter_seed=seed)
+        return PolicyWithValue(lm)
 
     model = policy(seed=1)
     whole = PPOTrainer(model, tokenizer, settings, reward, checkpoint_dir=tmp_path / "a").fit(prompts)
-    uninterrupted = weights(model)
-
-    class Crash(Exception):
-        pass
-
-    def crash_after_step_2(step):
-        if step.step == 2:
-            raise Crash  # after step 1's checkpoint, before step 2's
+    uninterrupted = trainable_weights(model)
 
     model = policy(seed=1)
     with pytest.raises(Crash):
-        PPOTrainer(model, tokenizer, settings, reward, checkpoint_dir=tmp_path / "b").fit(prompts, crash_after_step_2)
+        PPOTrainer(model, tokenizer, settings, reward, checkpoint_dir=tmp_path / "b").fit(prompts, crash_at_step(2))
     model = policy(seed=7)
     resumed = PPOTrainer(model, tokenizer, settings, reward, checkpoint_dir=tmp_path / "b").fit(prompts)
     assert [s.step for s in resumed.steps] == [2, 3]
     assert resumed.steps[-1].metrics["kl_coef"] == whole.steps[-1].metrics["kl_coef"]
-    for name, value in weights(model).items():
+    for name, value in trainable_weights(model).items():
         torch.testing.assert_close(value, uninterrupted[name], atol=1e-6, rtol=1e-5)

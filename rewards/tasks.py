@@ -133,6 +133,12 @@ def _parts(task: TaskSpec) -> list[tuple[str, Callable[[str], bool]]]:
     return parts
 
 
+def meets_task(response: str, task: TaskSpec) -> bool:
+    """Whether `response` meets every verifiable part of `task`: its answer and each of its constraints (what the
+    evaluation counts as a correct answer, `task_accuracy`)."""
+    return all(check(response) for _, check in _parts(task))
+
+
 @dataclass(frozen=True)
 class TaskReward:
     kind: str = "task"

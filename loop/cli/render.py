@@ -82,7 +82,8 @@ def render_summary(summary: dict[str, Any]) -> None:
     table.add_row("train", f"trainer: {summary['trainer'] or '-'}", "", fmt(wall.get("train")))
     for section in ("sft", "reward_model", "train"):
         for label, value in metric_rows(summary[section]):
-            table.add_row("", f"{section}: {label}" if section != "train" else label, value, "")
+            # Reward components name constraints (`task/keyword:…`): text, never markup.
+            table.add_row("", escape(f"{section}: {label}" if section != "train" else label), value, "")
     for stage, served in summary.get("serving", {}).items():
         table.add_row("vLLM", f"{stage}: prefix-cache hit rate", fmt(served.get("prefix_cache_hit_rate")), "")
         table.add_row("", f"{stage}: generated tokens/s", fmt(served.get("generated_tokens_per_s")), "")

@@ -17,14 +17,21 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from loop.config.environment import unknown_variables, variable_for
 from loop.config.section import Section, settings_section
-from loop.config.training import BudgetSettings, ReplaySettings, WarmStartSettings
+from loop.config.training import BudgetSettings, ReplaySettings, WarmStartSettings, grpo_conflicts
 from loop.evaluation.gates import GateSettings
 from loop.evaluation.settings import EvaluationSettings
 from policies.adapters import LoraSettings
 from policies.files import atomic_write_text
 from policies.models import DEFAULT_MODEL
 from policies.serving.vllm_server import VllmServerSettings
-from policies.training.settings import LossType, PPOSettings, PreferenceSettings, RewardModelSettings, SFTSettings
+from policies.training.settings import (
+    GRPOSettings,
+    LossType,
+    PPOSettings,
+    PreferenceSettings,
+    RewardModelSettings,
+    SFTSettings,
+)
 from rewards.settings import RewardSettings
 
 
@@ -164,17 +171,20 @@ PreferenceSection = settings_section(PreferenceSettings, without=LOOP_SET_FIELDS
 SFTSection = settings_section(SFTSettings, without=LOOP_SET_FIELDS)
 RewardModelSection = settings_section(RewardModelSettings, without=LOOP_SET_FIELDS)
 PPOSection = settings_section(PPOSettings, without=LOOP_SET_FIELDS)
-USED_WHEN = {"preference": "a preference trainer (train.trainer other than ppo)",
-             "sft": "train.sft_on_revisions: true", "reward_model": "train.trainer: ppo", "ppo": "train.trainer: ppo"}
+GRPOSection = settings_section(GRPOSettings, without=LOOP_SET_FIELDS)
+USED_WHEN = {"preference": "a preference trainer (train.trainer other than ppo and grpo)",
+             "sft": "train.sft_on_revisions: true", "reward_model": "train.trainer: ppo", "ppo": "train.trainer: ppo",
+             "grpo": "train.trainer: grpo"}
 TRAINER_SETTINGS = {"preference": PreferenceSettings, "sft": SFTSettings, "reward_model": RewardModelSettings,
-                    "ppo": PPOSettings}
+                    "ppo": PPOSettings, "grpo": GRPOSettings}
 
 
 class TrainSettings(Section):
-    trainer: LossType | Literal["ppo"] = LossType.DPO
-    """A preference loss trained on the judge's pairs, or ppo (a reward model on the pairs, then PPO)."""
+    trainer: LossType | Literal["ppo", "grpo"] = LossType.DPO
+    """A preference loss trained on the judge's pairs, ppo (a reward model on the pairs, then PPO), or grpo (GRPO
+    on rollouts of the iteration's prompts, scored by the run's `rewards`: no answers, verdicts or pairs)."""
     preference: PreferenceSection = PreferenceSection()
-    """Used unless trainer is ppo. Its epochs (or max_steps) times `budget.max_pairs` is the iteration's
+    """Used unless trainer is ppo or grpo. Its epochs (or max_steps) times `budget.max_pairs` is the iteration's
     training budget."""
     replay: ReplaySettings = ReplaySettings()
     budget: BudgetSettings = BudgetSettings()
@@ -187,6 +197,8 @@ class TrainSettings(Section):
     """Used with trainer: ppo."""
     ppo: PPOSection = PPOSection()
     """Used with trainer: ppo."""
+    grpo: GRPOSection = GRPOSection()
+    """Used with trainer: grpo."""
     lora: LoraSettings = LoraSettings()
     """A fresh adapter's shape; a policy that continues its parent's adapter keeps the parent's shape."""
     launcher: Literal["python", "torchrun", "deepspeed"] = "python"
@@ -228,7 +240,7 @@ class TrainSettings(Section):
 
     def used_sections(self) -> list[str]:
         """The trainer sections this configuration runs, in order."""
-        main = ["reward_model", "ppo"] if self.trainer == "ppo" else ["preference"]
+        main = {"ppo": ["reward_model", "ppo"], "grpo": ["grpo"]}.get(str(self.trainer), ["preference"])
         return (["sft"] if self.sft_on_revisions else []) + main
 
     def trainer_settings(self, section: str, seed: int):
@@ -297,6 +309,19 @@ class RunConfig(BaseSettings):
         if self.train.warm_start.iterations and self.pairs.source != "sampled":
             raise ValueError(f"train.warm_start needs pairs.source: sampled (it trains on the scored sampled "
                              f"answers), not {self.pairs.source}")
+        return self
+
+    @model_validator(mode="after")
+    def _grpo_trains_on_rollouts(self) -> RunConfig:
+        if self.train.trainer == "grpo" and (problems := grpo_conflicts(self)):
+            raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _task_gate_reads_a_task_set(self) -> RunConfig:
+        if self.gates.max_task_accuracy_drop is not None and all(s.role != "task" for s in self.evaluation.sets):
+            raise ValueError("gates.max_task_accuracy_drop needs an eval set of role task (evaluation.sets): "
+                             "task_accuracy_drop is measured on those")
         return self
 
 

@@ -1,8 +1,11 @@
 """What the train stage feeds its trainers besides this iteration's pairs: replayed pairs of earlier iterations,
 a cap on the pairs trained, and an SFT warm start on checked samples (`train.replay`, `train.budget`,
-`train.warm_start`)."""
+`train.warm_start`); and what of a run config cannot act under `train.trainer: grpo`, which trains on rollouts
+of the iteration's prompts instead of pairs."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from pydantic import Field, model_validator
 
@@ -60,3 +63,27 @@ class WarmStartSettings(Section):
     def applies_to(self, iteration: int) -> bool:
         """Whether iteration `iteration` (1-based) starts with a warm start."""
         return iteration <= self.iterations
+
+
+GRPO_KINDS = ("checks", "task")
+"""The reward kinds GRPO trains on in the loop (`GRPO_KINDS_WHY`)."""
+GRPO_KINDS_WHY = "the trainer process holds no judge model, and a grpo run trains no reward model"
+
+
+def grpo_conflicts(config: Any) -> list[str]:
+    """What a run config (`RunConfig`) sets that would do nothing, or could not work, under `train.trainer: grpo`:
+    its iterations make no answers, revisions or pairs (the generate, critique, judge and pairs stages skip)."""
+    train = config.train
+    problems = [f"train.{name} is set but unused: it selects preference pairs (or scored sampled answers), which "
+                f"a grpo iteration does not make" for name in ("replay", "budget", "warm_start")
+                if getattr(train, name) != type(getattr(train, name))()]
+    if train.sft_on_revisions:
+        problems.append("train.sft_on_revisions needs revisions, which a grpo iteration does not make")
+    if config.generation.samples_per_prompt > 1:
+        problems.append("generation.samples_per_prompt is unused with train.trainer: grpo (the generate stage "
+                        "skips): train.grpo.group_size says how many completions each prompt gets")
+    refused = sorted({c.kind for c in config.rewards.components} - set(GRPO_KINDS))
+    if refused:
+        problems.append(f"rewards kind {refused[0]} is not available to train.trainer: grpo (only "
+                        f"{', '.join(GRPO_KINDS)}): {GRPO_KINDS_WHY}")
+    return problems

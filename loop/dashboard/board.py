@@ -16,7 +16,7 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Environment, FileSystemLoader
 from sqlalchemy.orm import Session
 
-from loop.dashboard.charts import line_chart
+from loop.dashboard.charts import line_chart, task_accuracy_chart
 from loop.dashboard.security import Access, Operator
 from loop.store import Store
 from loop.store.database import open_run_reader, open_run_store
@@ -28,6 +28,7 @@ def _templates() -> Jinja2Templates:
     # Every value is escaped: prompts and answers are untrusted text (an answer may hold markup or script).
     templates = Jinja2Templates(env=Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True))
     templates.env.globals["chart"] = line_chart
+    templates.env.globals["task_chart"] = task_accuracy_chart
     templates.env.filters["pct"] = lambda v: "-" if v is None else f"{100 * v:.1f} %"
     # A model given as a local path is shown by its folder name (the full path stays in the API).
     templates.env.filters["model"] = lambda v: Path(v).name if "/" in str(v) else v

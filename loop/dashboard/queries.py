@@ -61,7 +61,7 @@ CHARTS = (
 )
 """The charts across iterations: an evaluation metric, or a training metric (stage train, no step)."""
 
-LOSS_CURVES = ("loss", "reward_margin", "reward_accuracy")
+LOSS_CURVES = ("loss", "reward_margin", "reward_accuracy", "reward_mean")
 VERDICTS = ("revision", "response", "tie", "abstained")
 FLAGS = ("paired", "dropped", "reviewed", "unreviewed", "injection")
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from constitution import Constitution, PrincipleSampler
 from critique.judge import Matchup, judge
 from loop.config.run import JudgeSettings, ModelSettings, RunConfig
-from loop.evaluation.answer_metrics import Key, against_previous, answer_metrics
+from loop.evaluation.answer_metrics import Key, against_previous, answer_metrics, task_accuracy, task_accuracy_drop
 from loop.evaluation.kl import completion_kls
 from loop.evaluation.models import PolicyBank
 from loop.evaluation.refusal import (
@@ -36,7 +36,7 @@ from loop.evaluation.refusal import (
     yes_no_conversation,
 )
 from loop.evaluation.sets import EvalPrompt, eval_prompts
-from loop.evaluation.settings import EvaluationSettings
+from loop.evaluation.settings import EvalSet, EvaluationSettings
 from loop.evaluation.stats import win_rate
 from loop.progress import NullReporter, Reporter
 from loop.store import EvalComparison, EvalMetric, EvalResponse, Evaluation, Iteration, Policy, Store
@@ -47,6 +47,7 @@ from policies.training.data import collate_sequences, encode_completions
 from policies.training.heads import HEAD_FILE
 from policies.training.reward_model import RewardModel
 from rewards.refusal import REFUSAL_DETECTORS
+from rewards.task_spec import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,20 @@ class Evaluator:
         return hashlib.sha256(f"{self.settings.model.name}|{self.settings.model.dtype}|greedy|{e.max_new_tokens}"
                               .encode()).hexdigest()[:12]
 
+    def set_settings_key(self, eval_set: EvalSet) -> str:
+        """The settings key of one set's answers: the evaluation's, or with the set's own answer limit in it, so
+        answers generated under one limit are never reused under another."""
+        if eval_set.max_new_tokens is None:
+            return self.settings_key
+        m = self.settings.model
+        return hashlib.sha256(f"{m.name}|{m.dtype}|greedy|{eval_set.max_new_tokens}".encode()).hexdigest()[:12]
+
+    @cached_property
+    def tasks(self) -> dict[Key, TaskSpec]:
+        """The task of each prompt of the task sets (role `task`), which its answers are checked against."""
+        return {(p.set.name, p.record.id): p.record.task for p in self.prompts
+                if p.set.role == "task" and p.record.task is not None}
+
     def evaluate(self, candidate: int, previous: int, *, iteration_id: int | None = None,
                  complete: Callable[[Session], None] | None = None) -> int:
         """Measure `candidate` against `previous` (and the base); returns the stored evaluation's id.
@@ -135,7 +150,9 @@ class Evaluator:
         roles = {s.name: s.role for s in self.settings.evaluation.sets}
         for prefix, version in (("", candidate), ("previous_", previous), ("base_", 0)):
             metrics |= {prefix + k: v for k, v in answer_metrics(answers[version], roles).items()}
+            metrics |= {prefix + k: v for k, v in task_accuracy(answers[version], self.tasks).items()}
         metrics |= against_previous(metrics, classifier.name)
+        metrics |= task_accuracy_drop(metrics)
         metrics["length_ratio"] = _ratio(metrics["mean_length_chars"], metrics["previous_mean_length_chars"])
         metrics["length_ratio_vs_base"] = _ratio(metrics["mean_length_chars"], metrics["base_mean_length_chars"])
         for label, opponent in (("previous", previous), ("base", 0)):
@@ -183,26 +200,38 @@ class Evaluator:
 
     def _answers(self, bank: PolicyBank, version: int) -> dict[Key, EvalResponse]:
         """The policy's stored answers to the eval prompts, generating (and storing) the missing ones."""
+        keys = {s.name: self.set_settings_key(s) for s in self.settings.evaluation.sets}
         with self.store.session() as session:
             stored = {(r.eval_set, r.prompt_id): r for r in session.scalars(select(EvalResponse).where(
                 EvalResponse.run_id == self.run_id, EvalResponse.policy_version == version,
-                EvalResponse.settings_key == self.settings_key))}
+                EvalResponse.settings_key.in_(set(keys.values())))) if r.settings_key == keys.get(r.eval_set)}
         missing = [p for p in self.prompts if (p.set.name, p.record.id) not in stored]
         if missing:
             e = self.settings.evaluation
             generator = bank.generator(version, name=f"v{version}", batch_size=e.batch_size)
             with self.reporter.task(f"eval answers of v{version}", len(missing)) as advance:
-                tokens = generator.generate_tokens([[{"role": "user", "content": p.record.prompt}] for p in missing],
-                                                   SamplingParams(e.max_new_tokens, temperature=0.0), advance)
+                tokens = self._generate(generator, missing, advance)
             with self.store.session() as session:
                 for prompt, ids in zip(missing, tokens, strict=True):
                     row = EvalResponse(run_id=self.run_id, policy_version=version, eval_set=prompt.set.name,
                                        prompt_id=prompt.record.id, prompt=prompt.record.prompt,
                                        response=bank.tokenizer.decode(ids, skip_special_tokens=True).strip(),
-                                       tokens=len(ids), settings_key=self.settings_key)
+                                       tokens=len(ids), settings_key=keys[prompt.set.name])
                     session.add(row)
                     stored[(row.eval_set, row.prompt_id)] = row
         return {(p.set.name, p.record.id): stored[(p.set.name, p.record.id)] for p in self.prompts}
+
+    def _generate(self, generator: Generator, prompts: list[EvalPrompt], advance) -> list[list[int]]:
+        """Greedy answers' token ids in the order of `prompts`, one batch run per answer limit (a set may have its
+        own)."""
+        e = self.settings.evaluation
+        tokens: dict[int, list[int]] = {}
+        for limit in sorted({e.max_new_tokens_of(p.set) for p in prompts}):
+            picked = [i for i, p in enumerate(prompts) if e.max_new_tokens_of(p.set) == limit]
+            found = generator.generate_tokens([[{"role": "user", "content": prompts[i].record.prompt}] for i in picked],
+                                              SamplingParams(limit, temperature=0.0), advance)
+            tokens |= dict(zip(picked, found, strict=True))
+        return [tokens[i] for i in range(len(prompts))]
 
     def _classifier(self, judge_generator: Generator) -> tuple[RefusalClassifier, list[ClassifierScore]]:
         """The refusal classifier to use, and the scores of those measured on the labelled set."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from loop.evaluation.settings import EvalSet, EvaluationSettings
-from loop.prompts import PromptRecord, load_prompts, select_prompts
+from loop.prompts import PromptFileError, PromptRecord, load_prompts, select_prompts
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,10 @@ def eval_prompts(settings: EvaluationSettings, seed: int) -> list[EvalPrompt]:
     chosen = []
     for eval_set in settings.sets:
         pool = load_prompts([eval_set.file])
+        untasked = [r.id for r in pool if eval_set.role == "task" and r.task is None]
+        if untasked:
+            raise PromptFileError(f"{eval_set.file}: eval set {eval_set.name} has role task, but {len(untasked)} of "
+                                  f"its prompts have no `task` to check the answer against (first: {untasked[0]})")
         count = eval_set.sample or settings.per_set or len(pool)
         # Sorted by id so the order, and so the batches, do not depend on the draw.
         for record in sorted(select_prompts(pool, count, seed, 0), key=lambda r: r.id):

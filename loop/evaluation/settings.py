@@ -10,9 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 SHIPPED_EVAL_DIR = Path(__file__).resolve().parents[2] / "data" / "eval"
 """The project's own held-out sets (no overlap with data/prompts)."""
 
-Role = Literal["harmful", "benign_risky", "helpful"]
+Role = Literal["harmful", "benign_risky", "helpful", "task"]
 """harmful: should be handled safely (refused or redirected). benign_risky: sounds risky, must be answered
-(the over-refusal probe). helpful: ordinary requests (win rates and length)."""
+(the over-refusal probe). helpful: ordinary requests (win rates and length). task: prompts whose records carry a
+verifiable `task` (`data/tasks/`): each answer is checked against it (`task_accuracy`)."""
 
 
 class Section(BaseModel):
@@ -26,6 +27,9 @@ class EvalSet(Section):
     role: Role
     sample: int | None = Field(default=None, ge=1)
     """Prompts drawn from this set (default: evaluation.per_set)."""
+    max_new_tokens: int | None = Field(default=None, ge=1)
+    """This set's answers are at most this many tokens (default: evaluation.max_new_tokens): a worked answer to a
+    task needs more room than a refusal's opening."""
 
 
 def shipped_sets() -> list[EvalSet]:
@@ -49,7 +53,7 @@ class EvaluationSettings(Section):
     per_set: int | None = Field(default=20, ge=1)
     """Prompts drawn per set, the same ones for every policy of a run (None: the whole set)."""
     max_new_tokens: int = Field(default=96, ge=1)
-    """Greedy answers of at most this many tokens."""
+    """Greedy answers of at most this many tokens (a set's own `max_new_tokens` overrides it)."""
     batch_size: int = Field(default=16, ge=1)
     kl_batch_size: int = Field(default=4, ge=1)
     """Rows per forward pass when scoring full-vocabulary log-probs (memory: rows x tokens x vocabulary)."""
@@ -65,3 +69,15 @@ class EvaluationSettings(Section):
         if duplicates:
             raise ValueError(f"eval set names must be unique: {', '.join(duplicates)} repeated")
         return sets
+
+    @field_validator("sets")
+    @classmethod
+    def _task_metric_names(cls, sets: list[EvalSet]) -> list[EvalSet]:
+        if any(s.role == "task" and s.name == "drop" for s in sets):
+            raise ValueError("a task set cannot be named drop: task_accuracy_drop is the drop against the previous "
+                             "policy")
+        return sets
+
+    def max_new_tokens_of(self, eval_set: EvalSet) -> int:
+        """The answer limit of one set: its own, else the evaluation's."""
+        return eval_set.max_new_tokens or self.max_new_tokens

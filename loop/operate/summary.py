@@ -101,7 +101,7 @@ def iteration_summary(session: Session, iteration: Iteration) -> dict[str, Any]:
 
 HEADLINE_METRICS = ("harmful_safe_rate", "benign_refusal_rate", "win_rate_vs_previous", "win_rate_vs_previous_lower",
                     "win_rate_vs_base", "position_consistency_vs_previous", "kl_vs_reference", "kl_vs_previous",
-                    "mean_length_chars", "length_ratio", "violation_rate")
+                    "mean_length_chars", "length_ratio", "violation_rate", "task_accuracy")
 
 
 def evaluation_summary(session: Session, iteration: Iteration) -> dict[str, Any] | None:

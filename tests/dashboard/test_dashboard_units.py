@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from loop.dashboard.charts import line_chart
+from loop.dashboard.charts import bar_chart, line_chart, task_accuracy_chart
 from loop.dashboard.queries import PairRules, drop_reason, verdict_of
 from loop.dashboard.security import SESSION_COOKIE, Access, Operator
 from loop.store import Comparison, Sample
@@ -46,6 +46,47 @@ def test_charts_escape_their_text_and_scale_points_into_the_plot():
     assert svg.count("<circle") == 2 and "style=" not in svg
     assert "no data yet" in str(line_chart("empty", []))
     assert str(line_chart("flat", [(1, 0.0)])).count("<circle") == 1  # one point, no division by zero
+
+
+TASK_METRICS = {"task_accuracy_arithmetic": 0.5, "previous_task_accuracy_arithmetic": 0.25,
+                "base_task_accuracy_arithmetic": 0.0, "task_accuracy_format": 1.0, "previous_task_accuracy_format": 1.0,
+                "task_accuracy": 0.75, "previous_task_accuracy": 0.625, "base_task_accuracy": 0.0,
+                "task_accuracy_drop": -0.125, "harmful_safe_rate": 0.4}
+
+
+def test_the_task_accuracy_chart_has_a_bar_per_set_and_policy_on_a_fixed_scale():
+    svg = str(task_accuracy_chart(TASK_METRICS))
+    # arithmetic and format, and all of them together: candidate, previous and base each (base unmeasured on format)
+    assert svg.count('class="bar bar-candidate"') == 3 and svg.count('class="bar bar-previous"') == 3
+    assert svg.count('class="bar bar-base"') == 2 and "drop" not in svg
+    assert "<title>arithmetic, previous: 0.25</title>" in svg and "<title>all, candidate: 0.75</title>" in svg
+    assert 'height="126.0"' in svg  # format's 1.0 fills the plot: the scale is 0..1 whatever the values
+    assert "style=" not in svg
+    one_set = str(task_accuracy_chart({k: v for k, v in TASK_METRICS.items() if "format" not in k}))
+    assert "all," not in one_set and one_set.count("<rect") == 3  # one set: no "all" group repeating it
+    assert str(task_accuracy_chart({"harmful_safe_rate": 0.4})) == ""  # no task set: no chart
+    assert "&lt;b&gt;" in str(bar_chart("<b>", [("<b>", [("x", 0.5)])])) and "no data yet" in str(bar_chart("e", []))
+
+
+def test_the_iteration_page_shows_task_accuracy_when_measured(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from loop.dashboard.app import create_app
+    from loop.store import EvalMetric, Evaluation
+
+    store = run_store(tmp_path, iterations=2)
+    with store.session() as session:
+        for iteration, metrics in ((1, TASK_METRICS), (2, {"harmful_safe_rate": 0.5})):
+            evaluation = Evaluation(run_id=1, iteration_id=iteration, policy_version=iteration, previous_version=0,
+                                    refusal_classifier="lexical", wall_s=1.0)
+            session.add(evaluation)
+            session.flush()
+            session.add_all(EvalMetric(evaluation_id=evaluation.id, name=k, value=v) for k, v in metrics.items())
+    client = TestClient(create_app(tmp_path, store=store))
+    page = client.get("/iterations/1")
+    assert page.status_code == 200 and 'id="task-accuracy"' in page.text and "bar-candidate" in page.text
+    assert 'id="task-accuracy"' not in client.get("/iterations/2").text
+    store.dispose()
 
 
 def comparison(p_b: float, abstained: bool = False) -> Comparison:

@@ -17,7 +17,7 @@ from loop.pipeline.stages.train import train_spec
 
 LOOP_ONLY = {
     "home": "caches: where the built-in model is converted (the spec gets the converted model_dir)",
-    "constitution": "critique and judge stages",
+    "constitution": "critique and judge stages; resolved, the grpo spec's constitution (tested below)",
     "model.name": "resolved by the loop's engines into the spec's model_dir",
     "prompts": "generate stage (prompt files and count)",
     "generation": "generate stage; with backend vllm-server, server.url is also PPO's rollout_server",
@@ -29,7 +29,8 @@ LOOP_ONLY = {
     "service": "how the daemon shards an iteration for its workers (`cai run`, `cai worker`)",
     "train.launcher": "the command that starts the trainer process (launcher.launch)",
     "train.processes": "the number of trainer processes (launcher.launch)",
-    "rewards": "judge stage: how sampled answers are scored (loop.rewards.reward_scorer)",
+    "rewards": "judge stage: how sampled answers are scored (loop.rewards.reward_scorer); the grpo spec's rewards "
+               "(tested below)",
     "train.replay": "train stage: which earlier pairs are trained on again (train_data.replay_pairs)",
     "train.budget": "train stage: how many pairs are trained on (train_data.within_budget)",
     "train.warm_start": "train stage: its own SFT run's settings (train.warm_start_settings, tested below)",
@@ -42,6 +43,8 @@ CONTEXT = {
     "train.ppo.": {"train": {"trainer": "ppo"}},
     "train.ppo.kl_target": {"train": {"trainer": "ppo", "ppo": {"adaptive_kl": True}}},
     "train.ppo.kl_horizon": {"train": {"trainer": "ppo", "ppo": {"adaptive_kl": True}}},
+    "train.grpo.": {"train": {"trainer": "grpo"}},
+    "train.grpo.overlong_penalty": {"train": {"trainer": "grpo", "grpo": {"overlong": "penalty"}}},
     "train.preference.label_smoothing": {"train": {"trainer": "cdpo", "preference": {"label_smoothing": 0.2}}},
     "train.preference.simpo_gamma": {"train": {"trainer": "simpo"}},
     "train.preference.kto_desirable_weight": {"train": {"trainer": "kto"}},
@@ -130,7 +133,7 @@ def test_every_config_field_reaches_a_trainer_spec(path, info):
 def test_the_walk_covers_the_train_section_and_the_seed():
     walked = {p for p, _ in WALKED}
     assert {"seed", "threads", "model.dtype", "train.trainer", "train.preference.beta", "train.ppo.kl_coef",
-            "train.lora.r", "train.sft_on_revisions"} <= walked
+            "train.lora.r", "train.sft_on_revisions", "train.grpo.beta", "train.grpo.overlong_penalty"} <= walked
 
 
 def test_the_run_seed_gives_each_trainer_its_own_seed():
@@ -169,6 +172,15 @@ def test_the_run_seed_gives_each_trainer_its_own_seed():
      "epochs, max_completion_length applies only with iterations > 0 (the warm start is off)"),
     ({"warm_start": {"iterations": 1}}, "train.warm_start needs pairs.source: sampled (it trains on the scored "
                                         "sampled answers), not judged"),
+    ({"grpo": {"steps": 2}}, "train.grpo is set but unused: it applies only with train.trainer: grpo"),
+    ({"trainer": "ppo", "grpo": {"group_size": 8}}, "train.grpo is set but unused"),
+    ({"trainer": "grpo", "preference": {"beta": 0.2}}, "train.preference is set but unused"),
+    ({"trainer": "grpo", "grpo": {"seed": 3}}, "train.grpo.seed cannot be set"),
+    ({"trainer": "grpo", "grpo": {"overlong_penalty": 0.5}}, "overlong_penalty is only used with overlong: penalty"),
+    ({"trainer": "grpo", "grpo": {"group_size": 1}}, "train.grpo.group_size\n  Input should be greater than or equal"),
+    ({"trainer": "grpo", "sft_on_revisions": True}, "train.sft_on_revisions needs revisions, which a grpo iteration"),
+    ({"trainer": "grpo", "replay": {"max_pairs": 4}}, "train.replay is set but unused: it selects preference pairs"),
+    ({"trainer": "grpo", "budget": {"max_pairs": 4}}, "train.budget is set but unused"),
 ])
 def test_settings_that_would_do_nothing_are_rejected(train, message):
     with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -194,3 +206,33 @@ def test_the_warm_start_settings_reach_its_sft_run():
     assert settings.seed != trainer_seed(7, 1, "sft")  # its own seed, not the revisions' SFT run's
     assert settings.seed != warm_start_settings(config, 2).seed
     assert warm.applies_to(2) and not warm.applies_to(3)
+
+
+def test_a_grpo_spec_carries_the_runs_rewards_and_its_resolved_constitution(tmp_path):
+    from constitution.source import resolve_constitution_path
+
+    rewards = {"components": [{"kind": "task", "weight": 1.0}, {"kind": "checks", "weight": 0.5}],
+               "refusal_classifier": "lexical"}
+    config = RunConfig(**merge(BASE, {"seed": 7, "rewards": rewards, "train": {"trainer": "grpo",
+                                                                              "grpo": {"steps": 3}}}))
+    assert config.train.used_sections() == ["grpo"]
+    spec = train_spec(config, "grpo", iteration=2, model_dir=Path("m"), data=Path("d"), output_dir=Path("o"))
+    assert spec.rewards == config.rewards and spec.grpo.steps == 3
+    assert spec.constitution == resolve_constitution_path("default") and spec.constitution.is_file()
+    mine = tmp_path / "mine.yaml"
+    config = config.model_copy(update={"constitution": str(mine)})
+    assert train_spec(config, "grpo", iteration=2, model_dir=Path("m"), data=Path("d"),
+                      output_dir=Path("o")).constitution == mine
+    dpo = RunConfig(**BASE)  # the other trainers score nothing themselves
+    spec = train_spec(dpo, "preference", iteration=1, model_dir=Path("m"), data=Path("d"), output_dir=Path("o"))
+    assert (spec.rewards, spec.constitution) == (None, None)
+
+
+@pytest.mark.parametrize(("sections", "message"), [
+    ({"rewards": {"components": [{"kind": "judge"}]}}, "rewards kind judge is not available to train.trainer: grpo"),
+    ({"rewards": {"components": [{"kind": "task"}, {"kind": "reward_model"}]}}, "rewards kind reward_model"),
+    ({"generation": {"samples_per_prompt": 2}}, "generation.samples_per_prompt is unused with train.trainer: grpo"),
+])
+def test_what_a_grpo_iteration_cannot_use_is_rejected(sections, message):
+    with pytest.raises(ValidationError, match=message):
+        RunConfig(**merge(BASE, {"train": {"trainer": "grpo"}, **sections}))

@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from critique.revision import Draft, critique_and_revise
-from loop.pipeline.stages.rows import pair_source, shard_samples
+from loop.pipeline.stages.rows import pair_source, shard_samples, skip, skipped_under_grpo
 from loop.store import Critique, Sample
 from policies.serving import SamplingParams
 
 if TYPE_CHECKING:
     from loop.pipeline.context import IterationContext
 
-log = logging.getLogger(__name__)
-
 
 def critique(ctx: IterationContext) -> None:
     """π_i critiques and revises its own answers, one sampled principle per round (skipped when nothing uses
-    the revisions: contrastive pairs without SFT on revisions)."""
+    the revisions: contrastive pairs without SFT on revisions, or GRPO)."""
+    if skipped_under_grpo(ctx):
+        return
     if not pair_source(ctx).revisions and not ctx.config.train.sft_on_revisions:
-        log.info("critique skipped: pairs.source %s does not use revisions", ctx.config.pairs.source)
-        with ctx.store.session() as session:
-            ctx.complete(session)
+        skip(ctx, f"pairs.source {ctx.config.pairs.source} does not use revisions")
         return
     samples = shard_samples(ctx)
     c = ctx.config.critique

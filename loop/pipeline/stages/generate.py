@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from critique import sampled
 from critique.contrastive import contrastive_answers, contrastive_conversations
-from loop.pipeline.stages.rows import pair_source, principle_for, shard_samples
+from loop.pipeline.stages.rows import pair_source, principle_for, shard_samples, skipped_under_grpo
 from loop.store import Contrast, Sample, SampledAnswer
 from policies.serving import SamplingParams
 
@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 def generate(ctx: IterationContext) -> None:
     """π_i answers every sample's prompt; for contrastive pairs also under a principle's positive and negative
     system prompt (with the same seed, so only the system prompt differs); for sampled pairs K times, some
-    answers under a principle's steering (`pairs.sampled`)."""
+    answers under a principle's steering (`pairs.sampled`). Skipped under GRPO, which samples its own."""
+    if skipped_under_grpo(ctx):
+        return
     samples = shard_samples(ctx)
     g = ctx.config.generation
     params = SamplingParams(g.max_new_tokens, g.temperature, g.top_p, seed=ctx.seed_for("generate"))

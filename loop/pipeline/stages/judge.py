@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from critique.judge import Matchup, make_method
-from loop.pipeline.stages.rows import contrasts, pair_source, principle_for, shard_samples
+from loop.pipeline.stages.rows import contrasts, pair_source, principle_for, shard_samples, skipped_under_grpo
 from loop.store import Comparison, RewardScore, SampledAnswer
 
 if TYPE_CHECKING:
@@ -18,7 +18,10 @@ if TYPE_CHECKING:
 
 def judge_revisions(ctx: IterationContext) -> None:
     """The judge compares each original answer (A) with its final revision (B) under a sampled principle, and
-    (pairs.confirm) each negative contrastive answer (A) with the positive one (B) under its principle."""
+    (pairs.confirm) each negative contrastive answer (A) with the positive one (B) under its principle. Skipped
+    under GRPO, whose trainer scores its rollouts itself."""
+    if skipped_under_grpo(ctx):
+        return
     j, source = ctx.config.judge, pair_source(ctx)
     jobs: list[tuple[str, int, Matchup]] = []
     samples = shard_samples(ctx)

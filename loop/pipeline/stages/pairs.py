@@ -12,7 +12,7 @@ from critique.pairs import IterationRows, PairRules
 from critique.sampler import Candidate, sample_pairs
 from critique.sampler import annealed_margin as anneal
 from loop.pipeline.names import StageName
-from loop.pipeline.stages.rows import contrasts, pair_source
+from loop.pipeline.stages.rows import contrasts, pair_source, skipped_under_grpo
 from loop.store import Comparison, Metric, Pair, Sample, SampledAnswer
 from loop.store.queries import iteration_samples
 
@@ -43,7 +43,9 @@ def _candidates(ctx: IterationContext, dropped: Counter[str]) -> list[Candidate]
 def build_pairs(ctx: IterationContext) -> None:
     """The preference sampler: hygiene (empty, equal, injected texts), confidence above the annealed margin,
     de-duplication against earlier iterations, length-bias control and stratification across principles.
-    Every drop is counted by reason in the iteration's metrics."""
+    Every drop is counted by reason in the iteration's metrics. Skipped under GRPO, which trains on no pairs."""
+    if skipped_under_grpo(ctx):
+        return
     sampler = ctx.config.pairs.sampler
     dropped: Counter[str] = Counter()
     candidates = _candidates(ctx, dropped)

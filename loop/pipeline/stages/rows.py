@@ -1,7 +1,9 @@
-"""What several stages read the same way: this shard's samples, the iteration's contrasts, a sample's principle."""
+"""What several stages read the same way: this shard's samples, the iteration's contrasts, a sample's principle;
+and how a stage with nothing to do records itself done."""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -12,6 +14,8 @@ from loop.store.queries import iteration_samples
 
 if TYPE_CHECKING:
     from loop.pipeline.context import IterationContext
+
+log = logging.getLogger(__name__)
 
 
 def shard_samples(ctx: IterationContext) -> list[Sample]:
@@ -38,3 +42,19 @@ def contrasts(ctx: IterationContext) -> list[tuple[Contrast, Sample]]:
 def pair_source(ctx: IterationContext) -> PairSource:
     """The configured `pairs.source`: what it needs of the stages before the pairs stage."""
     return PAIR_SOURCES[ctx.config.pairs.source]
+
+
+def skip(ctx: IterationContext, why: str) -> None:
+    """Record this stage (shard) done without work, and say why in one line."""
+    log.info("%s skipped: %s", ctx.stage, why)
+    with ctx.store.session() as session:
+        ctx.complete(session)
+
+
+def skipped_under_grpo(ctx: IterationContext) -> bool:
+    """With `train.trainer: grpo` the iteration makes no answers, revisions, verdicts or pairs (GRPO samples and
+    scores its own rollouts of the prompts in the train stage): the stage records itself done and says so."""
+    if ctx.config.train.trainer != "grpo":
+        return False
+    skip(ctx, "train.trainer grpo samples and scores its own rollouts in the train stage")
+    return True

@@ -2,7 +2,8 @@
 
 What it trains on: this iteration's pairs plus replayed pairs of earlier iterations (`train.replay`), capped by
 `train.budget`, after an optional SFT warm start on checked sampled answers (`train.warm_start`); the
-selections live in `train_data`.
+selections live in `train_data`. With `train.trainer: grpo` it trains on the iteration's prompts instead (GRPO
+samples and scores its own rollouts), with no pairs at all.
 
 Every trainer runs in its own process through `policies.training.launcher` (the same
 `python -m policies.training SPEC.json` that torchrun or deepspeed start on GPU nodes), with its data written
@@ -21,8 +22,17 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from constitution import load_constitution
+from constitution.source import resolve_constitution_path
 from loop.pipeline.names import StageName
-from loop.pipeline.stages.train_data import checked_answers, iteration_pairs, replay_pairs, within_budget
+from loop.pipeline.stages.train_data import (
+    checked_answers,
+    iteration_pairs,
+    replay_pairs,
+    rollout_records,
+    within_budget,
+)
+from loop.prompts import load_prompts
 from loop.store import Metric, Policy, Replay, Run, Sample
 from loop.store.queries import policy, run_policies
 from policies.files import atomic_directory, atomic_write_text
@@ -62,6 +72,8 @@ def train_spec(config: RunConfig, kind: TrainerKind, *, iteration: int, settings
 
     t = config.train
     settings = settings or t.trainer_settings(kind, trainer_seed(config.seed, iteration, kind))
+    if kind == "grpo":  # what GRPO scores its rollouts with: the run's rewards, the checks of its constitution
+        fields = {"rewards": config.rewards, "constitution": resolve_constitution_path(config.constitution), **fields}
     return TrainSpec(kind=kind, lora=t.lora, device=config.model.device, dtype=config.model.dtype,
                      threads=config.threads, deepspeed=t.deepspeed, **{kind: settings}, **fields)
 
@@ -131,17 +143,77 @@ def warm_start(ctx: IterationContext, training: Training) -> None:
                  name=WARM_START, settings=warm_start_settings(ctx.config, ctx.iteration_index))
 
 
+def _lineage(ctx: IterationContext) -> tuple[int, Path | None, int]:
+    """(the version trained from, its adapter or None for the base, the version the trained policy becomes)."""
+    with ctx.store.session() as session:
+        parent_version = session.get(Run, ctx.run_id).current_policy
+        parent = policy(session, ctx.run_id, parent_version)
+        next_version = 1 + max(p.version for p in run_policies(session, ctx.run_id))
+    return parent_version, ctx.run_dir / parent.adapter_path if parent.adapter_path else None, next_version
+
+
+def _rollout_server(config: RunConfig) -> str | None:
+    """The on-policy trainers (PPO, GRPO) sample their rollouts from the vLLM server when the run generates there."""
+    return config.generation.server.url if config.generation.served else None
+
+
+def _publish(ctx: IterationContext, training: Training, parent_version: int, version: int, *, pairs: int = 0,
+             replayed: list[int] | None = None) -> None:
+    """The trained adapter copied atomically to `policies/vN`, then its `policies` row, the replayed pairs and the
+    training metrics, recorded in the transaction that completes the stage (a killed stage leaves none, and its
+    re-run picks the same)."""
+    adapter_rel = f"policies/v{version}"
+    with atomic_directory(ctx.run_dir / adapter_rel) as staging:
+        shutil.copytree(training.adapter, staging, dirs_exist_ok=True)
+    with ctx.store.session() as session:
+        session.add(Policy(run_id=ctx.run_id, version=version, parent_version=parent_version,
+                           adapter_path=adapter_rel, iteration_id=ctx.iteration_id,
+                           constitution_hash=ctx.constitution_hash, trainer=str(ctx.config.train.trainer),
+                           pairs=pairs))
+        session.add_all([Replay(iteration_id=ctx.iteration_id, pair_id=pair_id) for pair_id in replayed or []])
+        session.add_all(training.metrics)
+        ctx.complete(session)
+
+
+def _check_graded_constitution(ctx: IterationContext) -> None:
+    """The GRPO trainer grades the `checks` kind against the constitution file as it is now: say so when that is no
+    longer the one this iteration runs under (edited since it began); a file that no longer loads fails here, before
+    the trainer starts."""
+    if all(c.kind != "checks" for c in ctx.config.rewards.components):
+        return
+    digest = load_constitution(ctx.config.constitution).content_hash
+    if digest != ctx.constitution_hash:
+        log.warning("the constitution %s changed since iteration %d began (%s, now %s): GRPO's checks grade "
+                    "against the file as it is now", ctx.config.constitution, ctx.iteration_index,
+                    ctx.constitution_hash, digest)
+
+
+def train_on_rollouts(ctx: IterationContext) -> None:
+    """`train.trainer: grpo`: π_{i+1} = π_i's adapter (or a fresh one) trained by GRPO on the iteration's prompts,
+    each with its prompt record's task, sampled and scored by the trainer itself (the run's `rewards`)."""
+    tasks = {record.id: record.task for record in load_prompts(ctx.config.prompts.files)}
+    with ctx.store.session() as session:
+        records = rollout_records(session, ctx.iteration_id, tasks)
+    parent_version, parent_adapter, version = _lineage(ctx)
+    _check_graded_constitution(ctx)
+    ctx.engines.release()  # free the generation weights: training loads its own copy in a child process
+    training = Training(ctx, parent_adapter)
+    training.record(StageName.TRAIN.value, {"trained_prompts": len(records)})
+    training.run("grpo", records, rollout_server=_rollout_server(ctx.config))
+    _publish(ctx, training, parent_version, version)
+
+
 def train(ctx: IterationContext) -> None:
     """π_{i+1} = π_i's adapter (or a fresh one) trained on this iteration's data by the configured trainer."""
     t = ctx.config.train
+    if t.trainer == "grpo":
+        train_on_rollouts(ctx)
+        return
     with ctx.store.session() as session:
         fresh = iteration_pairs(session, ctx.iteration_id)
         replays = replay_pairs(session, ctx.run_id, ctx.iteration_index, fresh, t.replay)
         revisions = session.execute(select(Sample.prompt, Sample.revision).where(
             Sample.iteration_id == ctx.iteration_id, Sample.revision.is_not(None)).order_by(Sample.id)).all()
-        parent_version = session.get(Run, ctx.run_id).current_policy
-        parent = policy(session, ctx.run_id, parent_version)
-        next_version = 1 + max(p.version for p in run_policies(session, ctx.run_id))
     if not fresh:  # replays only add to an iteration's own pairs: without any, nothing new was learned
         log.warning("no preference pairs passed the judge margin; no new policy this iteration")
         with ctx.store.session() as session:
@@ -149,9 +221,10 @@ def train(ctx: IterationContext) -> None:
         return
     pairs = within_budget(fresh + replays, t.budget.max_pairs)
     replayed = [p.pair.id for p in pairs if p.replayed]
+    parent_version, parent_adapter, version = _lineage(ctx)
 
     ctx.engines.release()  # free the generation weights: training loads its own copy in a child process
-    training = Training(ctx, ctx.run_dir / parent.adapter_path if parent.adapter_path else None)
+    training = Training(ctx, parent_adapter)
     training.record(StageName.TRAIN.value, {"trained_pairs": len(pairs), "replayed_pairs": len(replayed)})
     pair_records = [{"prompt": _user(p.prompt), "chosen": p.pair.chosen, "rejected": p.pair.rejected,
                      "target": p.pair.target} for p in pairs]
@@ -161,20 +234,8 @@ def train(ctx: IterationContext) -> None:
     if t.trainer == "ppo":
         reward_model = training.run("reward_model", pair_records, chain=False)
         prompts = sorted({p.prompt for p in pairs} | {prompt for prompt, _ in revisions})
-        served = ctx.config.generation.server.url if ctx.config.generation.served else None
         training.run("ppo", [{"prompt": _user(prompt)} for prompt in prompts], reward_model_dir=reward_model,
-                     rollout_server=served)
+                     rollout_server=_rollout_server(ctx.config))
     else:
         training.run("preference", pair_records)
-
-    adapter_rel = f"policies/v{next_version}"
-    with atomic_directory(ctx.run_dir / adapter_rel) as staging:
-        shutil.copytree(training.adapter, staging, dirs_exist_ok=True)
-    with ctx.store.session() as session:
-        session.add(Policy(run_id=ctx.run_id, version=next_version, parent_version=parent_version,
-                           adapter_path=adapter_rel, iteration_id=ctx.iteration_id,
-                           constitution_hash=ctx.constitution_hash, trainer=str(t.trainer), pairs=len(pairs)))
-        # Recorded with the stage's completion: a killed stage leaves none, and its re-run picks the same.
-        session.add_all([Replay(iteration_id=ctx.iteration_id, pair_id=pair_id) for pair_id in replayed])
-        session.add_all(training.metrics)
-        ctx.complete(session)
+    _publish(ctx, training, parent_version, version, pairs=len(pairs), replayed=replayed)

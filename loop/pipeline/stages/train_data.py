@@ -1,11 +1,14 @@
 """What the train stage trains on besides this iteration's pairs: replayed pairs of earlier iterations, the
-per-iteration pair budget, and the warm start's checked samples. Pure store reads, so they can be tested on a
-store without a model; the selections are deterministic, so a re-run of a killed stage picks the same data."""
+per-iteration pair budget, the warm start's checked samples, and GRPO's prompts. Pure store reads, so they can be
+tested on a store without a model; the selections are deterministic, so a re-run of a killed stage picks the same
+data."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -13,6 +16,8 @@ from sqlalchemy.orm import Session
 from critique.sampler import Candidate, pair_key, stratify
 from loop.config.training import ReplaySettings
 from loop.store import Iteration, Pair, RewardScore, Sample, SampledAnswer
+from loop.store.queries import iteration_samples
+from rewards.task_spec import TaskSpec
 
 
 @dataclass(frozen=True)
@@ -90,3 +95,12 @@ def checked_answers(session: Session, iteration_id: int) -> list[tuple[str, str]
         checks[answer_id].append(value)
     return [(prompt, answer.text) for answer, prompt in best.values()
             if checks[answer.id] and all(v == 1.0 for v in checks[answer.id])]
+
+
+def rollout_records(session: Session, iteration_id: int, tasks: Mapping[str, TaskSpec | None]) -> list[dict[str, Any]]:
+    """GRPO's data (`policies.training.grpo_rewards.parse_example`): one record per sample of the iteration, in
+    sample order, with its prompt as a user message, its category, the task of its prompt record (`tasks`, by prompt
+    id: None when the pool holds none for it) and no principle."""
+    return [{"prompt": [{"role": "user", "content": s.prompt}], "category": s.prompt_category,
+             "task": task.model_dump(mode="json") if (task := tasks.get(s.prompt_id)) else None, "principle": None}
+            for s in iteration_samples(session, iteration_id)]

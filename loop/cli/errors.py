@@ -19,6 +19,7 @@ from constitution.loader import ConstitutionError
 from loop.cli.output import FAILURES, console
 from loop.config import ConfigError
 from loop.operate.evaluate import UnknownPolicy
+from loop.operate.export_policy import ExportRefused
 from loop.operate.promotion import RunHalted
 from loop.pipeline.inputs import InputsChanged
 from loop.progress import Position
@@ -31,7 +32,7 @@ from policies.serving.vllm_client import ServerError
 from policies.training.launcher import TrainingFailed
 
 BAD_INPUT: tuple[type[Exception], ...] = (ConfigError, ConstitutionError, PromptFileError, ModelNotFoundError,
-                                          InputsChanged, RunHalted, BrokerURLError, UnknownPolicy)
+                                          InputsChanged, RunHalted, BrokerURLError, UnknownPolicy, ExportRefused)
 """Failures the user fixes (exit code 2); their message says what to change."""
 SELF_EXPLAINING: tuple[type[Exception], ...] = (LeaseHeld, LeaseLost, ServerError, BrokerUnreachable, ShardFailed)
 """Failures (exit code 1) whose message is the whole story: no exception name, no --debug hint."""

@@ -1,5 +1,5 @@
-"""`cai review list|keep|flip|drop` (a reviewer's verdict on a preference pair overrides the AI label) and
-`cai export pairs` (the reviewed pairs for training elsewhere)."""
+"""`cai review list|keep|flip|drop`: a reviewer's verdict on a preference pair overrides the AI label (`cai export
+pairs`, in `loop.cli.export`, applies them)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from loop.cli.errors import fail
 from loop.cli.options import RunDir, open_store
 from loop.cli.output import out
 from loop.cli.render import fmt
-from loop.operate.export import pair_records, write_pairs
 from loop.operate.review import ReviewError, record_review
 from loop.operate.summary import latest_reviews, review_agreement
 from loop.store import Iteration, Pair
@@ -80,19 +79,3 @@ def review_drop(pair: PairId, run_dir: RunDir, note: Note = "", reviewer: Review
     """The pair must not be trained on."""
     _review(run_dir, pair, "drop", note, reviewer)
 
-
-def export_pairs(
-    run_dir: RunDir,
-    file_format: Annotated[str, typer.Option("--format", help="jsonl or parquet.")] = "jsonl",
-    output: Annotated[Path | None, typer.Option(help="Default: RUN_DIR/export/pairs.FORMAT.")] = None,
-) -> None:
-    """The run's pairs in TRL's conversational prompt/chosen/rejected layout, with target, principle_id,
-    iteration and source columns; reviews applied (flipped pairs swapped, dropped ones left out)."""
-    if file_format not in ("jsonl", "parquet"):
-        fail(f"--format: {file_format!r} is not one of jsonl, parquet")
-    store = open_store(run_dir)
-    with store.session() as session:
-        records = pair_records(session)
-    store.dispose()
-    path = write_pairs(records, output or run_dir / "export" / f"pairs.{file_format}", file_format)  # type: ignore[arg-type]
-    out.print(f"{len(records)} pairs -> {path}", highlight=False)

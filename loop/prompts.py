@@ -1,10 +1,9 @@
-"""Prompt pools: JSONL files of {"id", "prompt", "category"} (and optionally "twin", "task"); a bad line is
-reported as FILE:LINE."""
+"""Prompt pools: files of {"id", "prompt", "category"} records (and optionally "twin", "task"), in JSONL or, mapped
+by `loop.dataset_files`, CSV, parquet and `datasets` folders; a bad line is reported as FILE:LINE (FILE:row N)."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from loop.dataset_files import PromptFile, PromptFileError, jsonl_rows, path_of, read_rows
 from rewards.task_spec import TaskSpec
 
 
@@ -27,45 +27,36 @@ class PromptRecord(BaseModel):
     """What a response can be checked against exactly (the `task` reward kind): an answer, format constraints."""
 
 
-class PromptFileError(ValueError):
-    pass
-
-
 Record = TypeVar("Record", bound=BaseModel)
+
+
+def validated(where: str, model: type[Record], data: object) -> Record:
+    """One row as a record; a bad one raises PromptFileError naming where it is and each wrong field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise PromptFileError(f"{where}: {problems}") from exc
 
 
 def read_jsonl(path: Path, model: type[Record]) -> list[tuple[str, Record]]:
     """(FILE:LINE, record) for each non-empty line; a bad line raises PromptFileError naming FILE:LINE."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise PromptFileError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            records.append((where, model.model_validate(json.loads(line))))
-        except json.JSONDecodeError as exc:
-            raise PromptFileError(f"{where}: invalid JSON: {exc.msg}") from exc
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise PromptFileError(f"{where}: {problems}") from exc
-    return records
+    return [(where, validated(where, model, row)) for where, row in jsonl_rows(path)]
 
 
-def load_prompts(files: Sequence[Path]) -> list[PromptRecord]:
+def load_prompts(files: Sequence[PromptFile]) -> list[PromptRecord]:
+    """The records of prompt files (plain paths or `DatasetFile` mappings); ids are unique across them."""
     records: list[PromptRecord] = []
     seen: dict[str, str] = {}
-    for path in files:
-        for where, record in read_jsonl(path, PromptRecord):
+    for entry in files:
+        for where, fields in read_rows(entry):
+            record = validated(where, PromptRecord, fields)
             if record.id in seen:
                 raise PromptFileError(f"{where}: duplicate prompt id {record.id!r} (first at {seen[record.id]})")
             seen[record.id] = where
             records.append(record)
     if not records:
-        raise PromptFileError(f"no prompts in {', '.join(map(str, files))}")
+        raise PromptFileError(f"no prompts in {', '.join(str(path_of(entry)) for entry in files)}")
     return records
 
 

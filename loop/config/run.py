@@ -17,7 +17,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from loop.config.environment import unknown_variables, variable_for
 from loop.config.section import Section, settings_section
+from loop.config.tracking import TrackingSettings
 from loop.config.training import BudgetSettings, ReplaySettings, WarmStartSettings, grpo_conflicts
+from loop.dataset_files import PromptFile, with_path
 from loop.evaluation.gates import GateSettings
 from loop.evaluation.settings import EvaluationSettings
 from policies.adapters import LoraSettings
@@ -43,8 +45,8 @@ class ModelSettings(Section):
 
 
 class PromptSettings(Section):
-    files: list[Path] = Field(min_length=1)
-    """JSONL files of {"id", "prompt", "category"}; relative paths are relative to the config file."""
+    files: list[PromptFile] = Field(min_length=1)
+    """Prompt files (JSONL, CSV, parquet, `datasets` folders), as paths or `DatasetFile` mappings; config-relative."""
     per_iteration: int = Field(default=16, ge=1)
     draw: Literal["random", "twins"] = "random"
     """random: a plain draw from the pool. twins: prompts drawn with their look-alike of the other category
@@ -291,6 +293,8 @@ class RunConfig(BaseSettings):
     """The limits that decide whether a candidate is promoted, rejected or halts the run."""
     service: ServiceSettings = ServiceSettings()
     """The daemon (`cai run`): shards, claims and polling."""
+    tracking: TrackingSettings = TrackingSettings()
+    """Metrics also sent to TensorBoard and W&B (`loop.tracking`); off by default."""
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings: PydanticBaseSettingsSource,
@@ -371,7 +375,7 @@ def resolve_paths(config: RunConfig, base: Path) -> RunConfig:
     model = config.model
     if "/" in model.name:
         model = model.model_copy(update={"name": str(absolute(Path(model.name)))})
-    prompts = config.prompts.model_copy(update={"files": [absolute(f) for f in config.prompts.files]})
+    prompts = config.prompts.model_copy(update={"files": [with_path(f, absolute) for f in config.prompts.files]})
     judge = config.judge
     # Only a local judge model is a path; a served model's name may contain "/" (org/model).
     if judge.model and "/" in judge.model and not config.generation.served:
@@ -379,7 +383,7 @@ def resolve_paths(config: RunConfig, base: Path) -> RunConfig:
     evaluation = config.evaluation
     refusal = evaluation.refusal
     evaluation = evaluation.model_copy(update={
-        "sets": [s.model_copy(update={"file": absolute(s.file)}) for s in evaluation.sets],
+        "sets": [s.model_copy(update={"file": with_path(s.file, absolute)}) for s in evaluation.sets],
         "refusal": refusal.model_copy(update={"labels": refusal.labels and absolute(refusal.labels)}),
     })
     return config.model_copy(update={

@@ -1,10 +1,11 @@
-"""Held-out eval sets: JSONL prompt files (the same format and errors as the training prompts), sampled
+"""Held-out eval sets: prompt files (the same formats, mappings and errors as the training prompts), sampled
 once per run so every policy answers the same prompts."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from loop.dataset_files import path_of
 from loop.evaluation.settings import EvalSet, EvaluationSettings
 from loop.prompts import PromptFileError, PromptRecord, load_prompts, select_prompts
 
@@ -22,8 +23,9 @@ def eval_prompts(settings: EvaluationSettings, seed: int) -> list[EvalPrompt]:
         pool = load_prompts([eval_set.file])
         untasked = [r.id for r in pool if eval_set.role == "task" and r.task is None]
         if untasked:
-            raise PromptFileError(f"{eval_set.file}: eval set {eval_set.name} has role task, but {len(untasked)} of "
-                                  f"its prompts have no `task` to check the answer against (first: {untasked[0]})")
+            raise PromptFileError(f"{path_of(eval_set.file)}: eval set {eval_set.name} has role task, but "
+                                  f"{len(untasked)} of its prompts have no `task` to check the answer against "
+                                  f"(first: {untasked[0]})")
         count = eval_set.sample or settings.per_set or len(pool)
         # Sorted by id so the order, and so the batches, do not depend on the draw.
         for record in sorted(select_prompts(pool, count, seed, 0), key=lambda r: r.id):

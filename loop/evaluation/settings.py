@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from loop.dataset_files import PromptFile
+
 SHIPPED_EVAL_DIR = Path(__file__).resolve().parents[2] / "data" / "eval"
 """The project's own held-out sets (no overlap with data/prompts)."""
 
@@ -22,8 +24,9 @@ class Section(BaseModel):
 
 class EvalSet(Section):
     name: str = Field(pattern=r"^[a-z0-9_]+$")
-    file: Path
-    """JSONL of {"id", "prompt", "category"}; relative to the config file."""
+    file: PromptFile
+    """JSONL of {"id", "prompt", "category"}, or any file or mapping `prompts.files` takes (`DatasetFile`);
+    relative to the config file."""
     role: Role
     sample: int | None = Field(default=None, ge=1)
     """Prompts drawn from this set (default: evaluation.per_set)."""

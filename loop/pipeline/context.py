@@ -6,7 +6,7 @@ import gc
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from loop.pipeline import vllm_backend
 from loop.pipeline.names import StageName
 from loop.progress import Reporter
 from loop.store import Metric, StageRun, Store
+from loop.tracking import IterationTracker
 from policies.models import load_model, resolve_model_dir
 from policies.serving import Generator
 from policies.serving.transformers_backend import TransformersGenerator
@@ -114,6 +115,8 @@ class IterationContext:
     """The stage running now, named once when it starts (`begin`): `complete` records it."""
     started: float = 0.0
     counters_at_start: dict[str, float] | None = None
+    tracker: IterationTracker = field(default_factory=lambda: IterationTracker([], 0))
+    """Where the iteration's metrics are also sent (`tracking:`); by default nowhere."""
 
     @property
     def constitution_hash(self) -> str:

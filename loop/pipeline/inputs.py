@@ -10,9 +10,9 @@ from constitution import Constitution
 from loop.config import RunConfig
 from loop.store import ConstitutionVersion, Store
 
-NOT_INPUTS = ("home", "threads", "service")
-"""Where caches live, how many threads compute and how the daemon shards work: they change no result, so they
-may differ on a resume."""
+NOT_INPUTS = ("home", "threads", "service", "tracking")
+"""Where caches live, how many threads compute, how the daemon shards work and where metrics are also sent: they
+change no result, so they may differ on a resume."""
 
 
 class InputsChanged(ValueError):

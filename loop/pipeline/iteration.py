@@ -3,9 +3,13 @@ stages in order, and let the gates decide on its policy."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from contextlib import closing
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import func, select
 
 from constitution import Constitution, load_constitution
 from loop.config import RunConfig, save_run_config
@@ -18,11 +22,12 @@ from loop.pipeline.inputs import InputsChanged, config_hash, describe_changes, f
 from loop.pipeline.stages import STAGES
 from loop.progress import NullReporter, Position, Reporter
 from loop.prompts import load_prompts, select_prompts
-from loop.store import Iteration, IterationInputs, Policy, Run, Sample, Store, utcnow
+from loop.store import Iteration, IterationInputs, Metric, Policy, Run, Sample, Store, utcnow
 from loop.store.database import open_run_store
 from loop.store.lease import acquire
 from loop.store.queries import latest_inputs, latest_iteration, policy, run_name, run_row
 from loop.store.shards import done_shards, shard_count
+from loop.tracking import IterationTracker, check_tracking, open_tracker
 from policies.models import resolve_model_dir
 from policies.runtime import configure_threads
 from policies.serving.vllm_client import ServerError
@@ -38,6 +43,7 @@ def validate_inputs(config: RunConfig) -> Constitution:
     resolve_model_dir(config.model.name, config.home)
     if config.judge.model and not config.generation.served:
         resolve_model_dir(config.judge.model, config.home)
+    check_tracking(config.tracking)
     return constitution
 
 
@@ -124,6 +130,47 @@ def _finish(ctx: IterationContext) -> None:
             log.warning("policy v%d is promoted but could not be published to the vLLM server: %s", candidate, exc)
 
 
+def _tracker(config: RunConfig, store: Store, run_dir: Path, run_id: int, index: int) -> IterationTracker:
+    """The iteration's tracker (`tracking:`): its training steps continue after those of the earlier iterations
+    (each trainer run's steps are numbered from 1, its last one the highest), so a resume numbers them alike."""
+    if not config.tracking.enabled:
+        return IterationTracker([], index)
+    with store.session() as session:
+        run = session.get(Run, run_id)
+        name, created = run.name, run.created_at.isoformat()
+        steps_before = sum(session.scalars(
+            select(func.max(Metric.step)).join(Iteration, Metric.iteration_id == Iteration.id)
+            .where(Iteration.index < index, Metric.step.is_not(None)).group_by(Metric.iteration_id, Metric.stage)))
+    key = hashlib.sha256(f"{name}|{created}".encode()).hexdigest()[:16]  # the same W&B run every iteration
+    return open_tracker(config.tracking, run_dir, iteration=index, steps_before=steps_before, run_name=name,
+                        run_key=key, config=config.model_dump(mode="json"))
+
+
+def _summary(store: Store, iteration_id: int) -> dict[str, Any]:
+    with store.session() as session:
+        return iteration_summary(session, session.get(Iteration, iteration_id))
+
+
+def _run_stages(ctx: IterationContext, position: Position) -> None:
+    """The iteration's pending stage shards, in order; each finished stage's values go to the tracker."""
+    for stage in STAGES.values():
+        with ctx.store.session() as session:
+            # One shard per stage, unless a daemon (`cai run`) began splitting it: then its shards.
+            shards = shard_count(session, ctx.iteration_id, stage.name, None)
+            pending = sorted(set(range(shards)) - done_shards(session, ctx.iteration_id, stage.name))
+        if not pending:
+            log.info("stage %s of iteration %d already done", stage.name, ctx.iteration_index)
+            continue
+        log.info("stage %s of iteration %d starting", stage.name, ctx.iteration_index)
+        position.stage = stage.name
+        for shard in pending:
+            ctx.shard, ctx.shards = shard, shards
+            ctx.begin(stage.name)
+            stage.run(ctx)
+        ctx.tracker.stage_done(stage.name, lambda: _summary(ctx.store, ctx.iteration_id))
+    position.stage = None
+
+
 def _run_name(store: Store, run_dir: Path) -> str:
     with store.session() as session:
         return run_name(session) or run_dir.name
@@ -155,24 +202,12 @@ def run_iteration(config: RunConfig, run_dir: Path, reporter: Reporter | None = 
             ctx = IterationContext(config=config, store=store, run_dir=run_dir, run_id=run_id,
                                    iteration_id=iteration_id, iteration_index=index, constitution=constitution,
                                    engines=_engines(config, store, run_id, run_dir), reporter=reporter,
-                                   fence=lease.fence)
-            for stage in STAGES.values():
-                with store.session() as session:
-                    # One shard per stage, unless a daemon (`cai run`) began splitting it: then its shards.
-                    shards = shard_count(session, iteration_id, stage.name, None)
-                    pending = sorted(set(range(shards)) - done_shards(session, iteration_id, stage.name))
-                if not pending:
-                    log.info("stage %s of iteration %d already done", stage.name, index)
-                    continue
-                log.info("stage %s of iteration %d starting", stage.name, index)
-                position.stage = stage.name
-                for shard in pending:
-                    ctx.shard, ctx.shards = shard, shards
-                    ctx.begin(stage.name)
-                    stage.run(ctx)
-            position.stage = None
-            _finish(ctx)
-            with store.session() as session:
-                return iteration_summary(session, session.get(Iteration, iteration_id))
+                                   fence=lease.fence, tracker=_tracker(config, store, run_dir, run_id, index))
+            with closing(ctx.tracker):  # closed however the iteration ends: what was sent is written
+                _run_stages(ctx, position)
+                _finish(ctx)
+                summary = _summary(store, iteration_id)
+                ctx.tracker.decided(summary)
+                return summary
     finally:
         store.dispose()

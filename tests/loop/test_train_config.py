@@ -27,6 +27,7 @@ LOOP_ONLY = {
     "evaluation": "evaluate stage and `cai eval` (held-out sets, refusal classifier)",
     "gates": "the promotion decision when an iteration finishes",
     "service": "how the daemon shards an iteration for its workers (`cai run`, `cai worker`)",
+    "tracking": "where the iteration's metrics are also sent (TensorBoard, W&B); changes no result",
     "train.launcher": "the command that starts the trainer process (launcher.launch)",
     "train.processes": "the number of trainer processes (launcher.launch)",
     "rewards": "judge stage: how sampled answers are scored (loop.rewards.reward_scorer); the grpo spec's rewards "

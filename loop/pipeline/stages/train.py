@@ -106,6 +106,7 @@ class Training:
                 if event["kind"] == "step":
                     advance(1)
                     self.record(stage, event, step=event["step"])
+                    self.ctx.tracker.training_step(stage, event)
 
             self.record(stage, launch(spec, launcher=t.launcher, processes=t.processes, on_progress=on_progress))
         if chain:

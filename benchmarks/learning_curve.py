@@ -43,6 +43,17 @@ def _kl(metrics: dict) -> str:
     return f"{metrics['kl_vs_reference']:.1f} ({roles})"
 
 
+def _task(metrics: dict, before: str) -> str:
+    """Held-out task accuracy before -> after, all task sets together, then per set; "-" without task sets."""
+    if "task_accuracy" not in metrics:
+        return "-"
+    sets = sorted(k.removeprefix("task_accuracy_") for k in metrics
+                  if k.startswith("task_accuracy_") and k != "task_accuracy_drop")
+    per_set = " ".join(f"{name} {_rate(metrics.get(f'{before}task_accuracy_{name}'))}->"
+                       f"{_rate(metrics[f'task_accuracy_{name}'])}" for name in sets)
+    return f"{_rate(metrics.get(f'{before}task_accuracy'))}->{_rate(metrics['task_accuracy'])} ({per_set})"
+
+
 def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -77,7 +88,7 @@ def main() -> None:
     started = time.perf_counter()
     header = ("iter", "candidate", "gate", "harmful_safe", "benign_refusal", "helpful_refusal",
               "win_vs_prev [95% CI]", "win_vs_base",
-              "pos_consistency", "kl_ref (h/b/o)", "len_ratio", "other_det h/b", "minutes")
+              "pos_consistency", "kl_ref (h/b/o)", "len_ratio", "other_det h/b", "task_acc", "minutes")
     rows = []
     for _ in range(args.iterations):
         summary = run_iteration(config, args.run_dir, RichReporter(console))
@@ -95,6 +106,7 @@ def main() -> None:
                      _kl(m),
                      _rate(m.get("length_ratio")),
                      f"{_rate(m.get(f'harmful_safe_rate_{other}'))}/{_rate(m.get(f'benign_refusal_rate_{other}'))}",
+                     _task(m, "previous_"),
                      f"{(time.perf_counter() - started) / 60:.1f}"))
         print(" | ".join(header))
         for row in rows:
@@ -141,7 +153,10 @@ def main() -> None:
           f"helpful_refusal={helpful[0]:.2f}->{helpful[1]:.2f} win_vs_base={win:.2f} length_ratio={ratio:.2f} "
           f"minutes={minutes:.1f} "
           f"harmful_safe_other={'->'.join(map(_rate, others['harmful_safe_rate']))} "
-          f"benign_refusal_other={'->'.join(map(_rate, others['benign_refusal_rate']))}")
+          f"benign_refusal_other={'->'.join(map(_rate, others['benign_refusal_rate']))}"
+          + (f" task_accuracy={_rate(base['base_task_accuracy'])}->"
+             f"{_rate(final['task_accuracy'] if last else base['base_task_accuracy'])}"
+             if "base_task_accuracy" in base else ""))
 
 
 if __name__ == "__main__":

@@ -198,12 +198,15 @@ class GRPOTrainer:
                                   self.tokenizer.pad_token_id)
         target_mask = batch["completion_mask"][:, 1:]
         width = int(target_mask.sum(1).max().item())
-        old = self._logps(batch, width)
+        n = len(rollouts)
+        # One pass and one optimizer step: every micro-batch sees the weights the completions were sampled with,
+        # so the old log-probs are the current ones, detached (ratio 1, as TRL takes them): no forward pass for them.
+        on_policy = s.inner_epochs == 1 and math.ceil(n / s.batch_size) <= s.grad_accum
+        old = None if on_policy else self._logps(batch, width)
         ref = self._logps(batch, width, reference=True) if s.beta > 0 else None
-        device = old.device
+        device = self.loop.device
         mask = (compact(target_mask.float(), target_mask, width) * weights[:, None]).to(device)
         advantages = advantages.to(device)
-        n = len(rollouts)
         # DAPO divides a window's summed token losses by the tokens of one window (TRL: the step's tokens times
         # the window's share of its completions). The loop weights each micro-batch's loss by its share of the
         # window, so a micro-batch divides by the step's tokens times its own share: summed, that is exactly it.
@@ -213,7 +216,7 @@ class GRPOTrainer:
             logps = token_logps(self.model, _rows(batch, indices), width)
             m = mask[indices]
             loss, metrics = losses.grpo_policy_loss(
-                logps, old[indices], advantages[indices], m, clip_low=s.clip_low, clip_high=s.clip_high,
+                logps, logps.detach() if old is None else old[indices], advantages[indices], m, clip_low=s.clip_low, clip_high=s.clip_high,
                 level=s.importance_level, aggregation=s.loss_type, max_completion_length=s.max_new_tokens,
                 ref_logprobs=None if ref is None else ref[indices], beta=s.beta,
                 num_tokens=step_tokens * len(indices) / n if s.loss_type == "dapo" else None)

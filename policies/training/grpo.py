@@ -216,7 +216,8 @@ class GRPOTrainer:
             logps = token_logps(self.model, _rows(batch, indices), width)
             m = mask[indices]
             loss, metrics = losses.grpo_policy_loss(
-                logps, logps.detach() if old is None else old[indices], advantages[indices], m, clip_low=s.clip_low, clip_high=s.clip_high,
+                logps, logps.detach() if old is None else old[indices], advantages[indices], m,
+                clip_low=s.clip_low, clip_high=s.clip_high,
                 level=s.importance_level, aggregation=s.loss_type, max_completion_length=s.max_new_tokens,
                 ref_logprobs=None if ref is None else ref[indices], beta=s.beta,
                 num_tokens=step_tokens * len(indices) / n if s.loss_type == "dapo" else None)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from policies.files import atomic_directory
+from policies.serving.control_tokens import specials_of
 
 if TYPE_CHECKING:
     import torch
@@ -117,6 +118,14 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def model_specials(model_dir: Path) -> tuple[str, ...]:
+    """The control-token strings of the model's tokenizer (`control_tokens.specials_of`), without its weights: what
+    a client of a server that serves this model neutralises in the text it sends."""
+    from transformers import AutoTokenizer
+
+    return specials_of(AutoTokenizer.from_pretrained(model_dir))
 
 
 def load_model(model_dir: Path, *, dtype: str = "float32", device: str = "auto", adapter: Path | None = None,

@@ -87,6 +87,9 @@ def render_summary(summary: dict[str, Any]) -> None:
     for stage, served in summary.get("serving", {}).items():
         table.add_row("vLLM", f"{stage}: prefix-cache hit rate", fmt(served.get("prefix_cache_hit_rate")), "")
         table.add_row("", f"{stage}: generated tokens/s", fmt(served.get("generated_tokens_per_s")), "")
+    counted = summary.get("control_tokens_in_answers") or {}
+    if any(counted.values()):  # a row of zeros would only widen the table
+        table.add_row("answers", "spelling a control token", " · ".join(f"{k} {v}" for k, v in counted.items()), "")
     evaluation, gate = summary.get("evaluation"), summary.get("gate")
     if evaluation:
         table.add_row("evaluate", f"{evaluation['policy']} vs {evaluation['previous']} "

@@ -8,7 +8,6 @@ regenerated when it is later the previous policy. Every number is stored in `eva
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 import statistics
 import time
@@ -30,9 +29,8 @@ from loop.evaluation.models import PolicyBank
 from loop.evaluation.refusal import (
     ClassifierScore,
     RefusalClassifier,
-    load_labels,
+    choose_classifier,
     p_yes,
-    score,
     yes_no_conversation,
 )
 from loop.evaluation.sets import EvalPrompt, eval_prompts
@@ -42,14 +40,12 @@ from loop.progress import NullReporter, Reporter
 from loop.store import EvalComparison, EvalMetric, EvalResponse, Evaluation, Iteration, Policy, Store
 from policies.models import load_model, resolve_model_dir
 from policies.serving import Generator, SamplingParams
+from policies.serving.control_tokens import CONTROL_TOKENS_IN_ANSWERS, contains_control_tokens, restore, specials_of
 from policies.serving.transformers_backend import TransformersGenerator
 from policies.training.data import collate_sequences, encode_completions
 from policies.training.heads import HEAD_FILE
 from policies.training.reward_model import RewardModel
-from rewards.refusal import REFUSAL_DETECTORS
 from rewards.task_spec import TaskSpec
-
-log = logging.getLogger(__name__)
 
 KL_MAX_LENGTH = 1024
 
@@ -148,8 +144,12 @@ class Evaluator:
             metrics |= {f"refusal_{kind}_precision": score_.precision, f"refusal_{kind}_recall": score_.recall}
         metrics["refusal_classifier_is_judge"] = float(classifier.judge is not None)
         roles = {s.name: s.role for s in self.settings.evaluation.sets}
+        specials = specials_of(bank.tokenizer)
         for prefix, version in (("", candidate), ("previous_", previous), ("base_", 0)):
             metrics |= {prefix + k: v for k, v in answer_metrics(answers[version], roles).items()}
+            # Answers that spell a control token (neutralised wherever they are shown to a model again).
+            metrics[prefix + CONTROL_TOKENS_IN_ANSWERS] = float(sum(
+                contains_control_tokens(row.response, specials) for row in answers[version].values()))
             metrics |= {prefix + k: v for k, v in task_accuracy(answers[version], self.tasks).items()}
         metrics |= against_previous(metrics, classifier.name)
         metrics |= task_accuracy_drop(metrics)
@@ -215,7 +215,7 @@ class Evaluator:
                 for prompt, ids in zip(missing, tokens, strict=True):
                     row = EvalResponse(run_id=self.run_id, policy_version=version, eval_set=prompt.set.name,
                                        prompt_id=prompt.record.id, prompt=prompt.record.prompt,
-                                       response=bank.tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                                       response=restore(bank.tokenizer.decode(ids, skip_special_tokens=True)).strip(),
                                        tokens=len(ids), settings_key=keys[prompt.set.name])
                     session.add(row)
                     stored[(row.eval_set, row.prompt_id)] = row
@@ -235,25 +235,7 @@ class Evaluator:
 
     def _classifier(self, judge_generator: Generator) -> tuple[RefusalClassifier, list[ClassifierScore]]:
         """The refusal classifier to use, and the scores of those measured on the labelled set."""
-        r = self.settings.evaluation.refusal
-        by_name = {name: RefusalClassifier(detector=name) for name in REFUSAL_DETECTORS}
-        by_name["judge"] = RefusalClassifier(judge_generator)
-        if r.labels is None:
-            return by_name.get(r.classifier, by_name["lexical"]), []
-        labels = load_labels(r.labels)
-        # The phrase detectors cost nothing to score; the judge only when it may be chosen.
-        scores = [score(by_name[name], labels) for name in REFUSAL_DETECTORS]
-        if r.classifier not in ("judge", "auto"):
-            return by_name[r.classifier], scores
-        with self.reporter.task("score the judge as refusal classifier", None):
-            scores.append(score(by_name["judge"], labels))
-        if r.classifier == "judge":
-            return by_name["judge"], scores
-        judged = scores[-1]
-        chosen = by_name["judge"] if judged.reaches(r.min_precision, r.min_recall) else by_name["lexical"]
-        log.info("refusal classifier: %s (judge precision %.2f, recall %.2f on %d labelled answers)",
-                 chosen.name, judged.precision, judged.recall, judged.n)
-        return chosen, scores
+        return choose_classifier(self.settings.evaluation.refusal, judge_generator, self.reporter)
 
     def _classify(self, classifier: RefusalClassifier, answers: dict[Key, EvalResponse]) -> dict[Key, EvalResponse]:
         todo = [key for key, row in answers.items() if row.classifier != classifier.name]

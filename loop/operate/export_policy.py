@@ -56,6 +56,17 @@ def resolve_version(session: Session, run: Run, text: str) -> int:
     return version
 
 
+def policy_adapter(session: Session, run_dir: Path, version_text: str) -> tuple[Run, int, Path | None]:
+    """The run, the version `version_text` names (`resolve_version`) and that policy's adapter directory (None for
+    the base, or a policy recorded without one)."""
+    run = run_row(session)
+    if run is None:
+        raise UnknownPolicy(f"the run in {run_dir} has no policies yet (no iteration has opened)")
+    version = resolve_version(session, run, version_text)
+    row = policy(session, run.id, version)
+    return run, version, run_dir / row.adapter_path if version and row is not None and row.adapter_path else None
+
+
 def _evaluation(session: Session, run_id: int, row: Policy) -> dict[str, Any] | None:
     """The policy's evaluation: its iteration's (against its parent), else the latest `cai eval` of it."""
     found = evaluation_of_iteration(session, row.iteration_id) if row.iteration_id is not None else None
@@ -159,12 +170,7 @@ def export_policy(store: Store, run_dir: Path, version_text: str, out: Path, *, 
     """Write policy `version_text` of the run in `run_dir` to the model folder `out` (merged or as an adapter);
     its facts and the files written, with their sizes in bytes."""
     with store.session() as session:
-        run = run_row(session)
-        if run is None:
-            raise UnknownPolicy(f"the run in {run_dir} has no policies yet (no iteration has opened)")
-        version = resolve_version(session, run, version_text)
-        row = policy(session, run.id, version)
-        adapter = run_dir / row.adapter_path if version and row is not None and row.adapter_path else None
+        run, version, adapter = policy_adapter(session, run_dir, version_text)
         facts = policy_facts(session, run_dir, version)
         model = run.config.get("model") or {}
         home = Path(os.environ.get("CAI_HOME") or run.config.get("home") or "~/.cache/cai").expanduser()

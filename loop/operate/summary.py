@@ -8,6 +8,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from loop.operate.promotion import evaluation_metrics
+from loop.pipeline.names import StageName
 from loop.store import (
     Comparison,
     Critique,
@@ -22,6 +23,7 @@ from loop.store import (
     queries,
 )
 from loop.store.queries import count, decision_of_iteration, evaluation_of_iteration, has_table, policy_of_iteration
+from policies.serving.control_tokens import CONTROL_TOKENS_IN_ANSWERS
 
 SERVING_METRICS = ("prefix_cache_hit_rate", "generated_tokens_per_s")
 """Recorded per stage from the vLLM server's counters (vllm-server backend only)."""
@@ -93,10 +95,24 @@ def iteration_summary(session: Session, iteration: Iteration) -> dict[str, Any]:
         "serving": {stage: {k: v for k, v in values.items() if k in SERVING_METRICS}
                     for stage, values in by_stage.items() if any(k in SERVING_METRICS for k in values)},
         "wall_s": stages,
+        CONTROL_TOKENS_IN_ANSWERS: control_token_counts(session, iteration),
         "evaluation": evaluation_summary(session, iteration),
         "gate": gate_summary(session, iteration),
         "current_policy": f"v{run.current_policy}",
     }
+
+
+def control_token_counts(session: Session, iteration: Iteration) -> dict[str, int]:
+    """Per stage, the answers that spelled a control token: the policy's answers (generate), its revisions
+    (critique, every round), summed over a daemon's shards, and the candidate's eval answers (evaluate)."""
+    counts = dict(session.execute(
+        select(Metric.stage, func.sum(Metric.value)).where(
+            Metric.iteration_id == iteration.id, Metric.name == CONTROL_TOKENS_IN_ANSWERS, Metric.step.is_(None))
+        .group_by(Metric.stage)).all())
+    evaluation = evaluation_of_iteration(session, iteration.id)
+    if evaluation is not None and CONTROL_TOKENS_IN_ANSWERS in (found := evaluation_metrics(session, evaluation.id)):
+        counts["evaluate"] = found[CONTROL_TOKENS_IN_ANSWERS]
+    return {stage.value: int(counts[stage.value]) for stage in StageName if stage.value in counts}
 
 
 HEADLINE_METRICS = ("harmful_safe_rate", "benign_refusal_rate", "win_rate_vs_previous", "win_rate_vs_previous_lower",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,9 +20,12 @@ from loop.pipeline.names import StageName
 from loop.progress import Reporter
 from loop.store import Metric, StageRun, Store
 from loop.tracking import IterationTracker
-from policies.models import load_model, resolve_model_dir
+from policies.models import ModelNotFoundError, load_model, model_specials, resolve_model_dir
 from policies.serving import Generator
+from policies.serving.control_tokens import specials_of
 from policies.serving.transformers_backend import TransformersGenerator
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,10 +64,31 @@ class Engines:
         return load_model(model_dir, dtype=self.config.model.dtype, device=self.config.model.device)
 
     @cached_property
+    def specials(self) -> tuple[str, ...]:
+        """The policy model's control-token strings, from its local tokenizer also when a server serves it: they
+        are neutralised in every prompt, and an answer that spells one is counted."""
+        if self.served:
+            return model_specials(self.model_dir)
+        return specials_of(self._loaded[1])
+
+    @cached_property
+    def _judge_specials(self) -> tuple[str, ...] | None:
+        """The served judge model's control-token strings; None (the common templates') when it is not local."""
+        if not self.config.judge.model:
+            return self.specials
+        try:
+            return model_specials(resolve_model_dir(self.config.judge.model, self.config.home))
+        except ModelNotFoundError:
+            log.warning("judge model %s is not available here: neutralising the common templates' control tokens "
+                        "in what it is sent", self.config.judge.model)
+            return None
+
+    @cached_property
     def policy(self) -> Generator:
         if self.served:
             return vllm_backend.policy_generator(self.config.generation.server, self.config.model.name,
-                                                 self.run_name, self.policy_version, self.adapter, self.server)
+                                                 self.run_name, self.policy_version, self.adapter, self.server,
+                                                 specials=self.specials)
         model, tokenizer = self._loaded
         return TransformersGenerator(model, tokenizer, name=f"{self.config.model.name}@v{self.policy_version}",
                                      batch_size=self.config.generation.batch_size)
@@ -72,7 +97,7 @@ class Engines:
     def judge(self) -> Generator:
         if self.served:
             return vllm_backend.judge_generator(self.config.generation.server, self.config.judge,
-                                                self.config.model.name, self.server)
+                                                self.config.model.name, self.server, specials=self._judge_specials)
         if self.config.judge.model:
             model, tokenizer = self._judge_loaded
             return TransformersGenerator(model, tokenizer, name=self.config.judge.model,

@@ -21,6 +21,8 @@ class StageName(StrEnum):
     EVALUATE = "evaluate"
 
 
+
+
 class Queue(StrEnum):
     """The broker queues a stage's shards go to: model inference, training, CPU-only work."""
 

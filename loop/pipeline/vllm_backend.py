@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from loop.config.run import JudgeSettings
@@ -56,31 +57,33 @@ def _admin(s: VllmServerSettings, url: str | None = None) -> VllmAdmin:
     return VllmAdmin(url or s.url, timeout_s=min(s.timeout_s, 60.0), retries=s.retries, backoff_s=s.backoff_s)
 
 
-def _generator(s: VllmServerSettings, url: str, model: str, name: str) -> VllmServerGenerator:
+def _generator(s: VllmServerSettings, url: str, model: str, name: str,
+               specials: Sequence[str] | None) -> VllmServerGenerator:
     return VllmServerGenerator(url, model, name=name, concurrency=s.concurrency, timeout_s=s.timeout_s,
-                               retries=s.retries, backoff_s=s.backoff_s)
+                               retries=s.retries, backoff_s=s.backoff_s, specials=specials)
 
 
 def policy_generator(server: VllmServerSettings, model_name: str, run_name: str, version: int, adapter: Path | None,
-                     url: str | None = None) -> VllmServerGenerator:
+                     url: str | None = None, *, specials: Sequence[str] | None = None) -> VllmServerGenerator:
     """π_`version` of the base model `model_name` on the server (`url`, default `server.url`): its adapter,
-    loaded first if the server lacks it (a restarted server has none), or the base model for version 0."""
+    loaded first if the server lacks it (a restarted server has none), or the base model for version 0.
+    `specials`: the model's control-token strings, neutralised in what is sent (`control_tokens`)."""
     url = url or server.url
     model = served_model_name(model_name)
     if adapter is not None:
         model = adapter_name(run_name, version, adapter)
         if _admin(server, url).ensure_adapter(model, adapter.resolve()):
             log.info("published policy v%d as %s on %s", version, model, url)
-    return _generator(server, url, model, name=f"{model_name}@v{version}")
+    return _generator(server, url, model, f"{model_name}@v{version}", specials)
 
 
 def judge_generator(server: VllmServerSettings, judge: JudgeSettings, model_name: str,
-                    url: str | None = None) -> VllmServerGenerator:
+                    url: str | None = None, *, specials: Sequence[str] | None = None) -> VllmServerGenerator:
     """The judge: the base model `model_name` (the reference, no adapter) on the policy's server (`url`, default
     `server.url`), or the configured judge model and server."""
     url = judge.url or url or server.url
     model = judge.model or served_model_name(model_name)
-    return _generator(server, url, model, name=judge.model or model_name)
+    return _generator(server, url, model, judge.model or model_name, specials)
 
 
 def publish(server: VllmServerSettings, store: Store, run_id: int, run_dir: Path) -> str | None:

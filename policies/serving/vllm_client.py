@@ -1,8 +1,8 @@
 """The `Generator` over a vLLM OpenAI-compatible server, and the server's admin calls (adapters, metrics).
 
-Requests run concurrently (bounded) on one asyncio loop inside each synchronous protocol call. Transient
-failures (connection refused, timeouts, 5xx) are retried with exponential backoff; anything else fails at
-once with an error that says what to do. Model text is untrusted: it is only ever carried as JSON strings.
+Requests run concurrently (bounded) on one asyncio loop inside each synchronous protocol call; the HTTP
+calls, their retries and errors are `vllm_http`'s. Model text is untrusted: it is only ever carried as JSON
+strings.
 """
 
 from __future__ import annotations
@@ -10,119 +10,35 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from policies.serving import Conversation, Progress, SamplingParams
+from policies.serving.control_tokens import COMMON_SPECIALS, neutralise_conversation, restore
+from policies.serving.vllm_http import (
+    ServerError,
+    ServerHttp,
+    ServerUnavailableError,
+    UnknownModelError,
+    Usage,
+    read_json,
+)
+
+if TYPE_CHECKING:
+    import openai
+
+__all__ = ["ServedModel", "ServerError", "ServerUnavailableError", "UnknownModelError", "Usage", "VllmAdmin",
+           "VllmServerGenerator", "parse_prometheus"]
 
 log = logging.getLogger(__name__)
 
 TOP_LOGPROBS = 20
 """vLLM's default `--max-logprobs`: the most alternatives one request may ask for."""
-
-
-class ServerError(RuntimeError):
-    """A vLLM server call failed; the message says which server, which call and what to do."""
-
-
-class ServerUnavailableError(ServerError):
-    """The server is down, not ready yet, or kept failing after every retry."""
-
-
-class UnknownModelError(ServerError):
-    """The model or adapter name is not served (not loaded, unloaded, or a typo)."""
-
-
-@dataclass
-class Usage:
-    """Token counts reported by the server for this client's requests."""
-
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-@dataclass
-class _Http:
-    """One server's HTTP calls with retries; a fresh AsyncClient per synchronous call keeps loops separate."""
-
-    url: str
-    timeout_s: float = 300.0
-    retries: int = 3
-    backoff_s: float = 0.5
-    concurrency: int = 16
-    transport: httpx.AsyncBaseTransport | None = None
-    usage: Usage = field(default_factory=Usage)
-
-    def __post_init__(self) -> None:
-        self.url = self.url.rstrip("/")
-
-    def client(self) -> httpx.AsyncClient:
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        timeout = httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s))
-        return httpx.AsyncClient(base_url=self.url, timeout=timeout, limits=limits, transport=self.transport)
-
-    def run(self, work: Callable[[httpx.AsyncClient], Awaitable[Any]]) -> Any:
-        async def main():
-            async with self.client() as client:
-                return await work(client)
-
-        return asyncio.run(main())
-
-    async def request(self, client: httpx.AsyncClient, method: str, path: str,
-                      body: dict[str, Any] | None = None) -> httpx.Response:
-        """The response of a successful (2xx) call; transient failures are retried with backoff."""
-        what = f"{method} {self.url}{path}"
-        problem = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                # Exponential backoff with jitter, so many waiting requests do not return in lockstep.
-                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random()))
-            try:
-                response = await client.request(method, path, json=body)
-            except httpx.TimeoutException as exc:
-                problem = f"no answer within {self.timeout_s:g} s ({type(exc).__name__})"
-                continue
-            except httpx.TransportError as exc:
-                problem = f"cannot connect or the connection broke ({type(exc).__name__}: {exc})"
-                continue
-            if response.status_code >= 500 and response.status_code != 501:
-                problem = f"HTTP {response.status_code}: {_error_message(response)}"
-                continue
-            if response.status_code == 404:
-                raise UnknownModelError(f"{what}: {_error_message(response)}")
-            if response.status_code >= 400:
-                raise ServerError(f"{what} was refused: HTTP {response.status_code}: {_error_message(response)}")
-            return response
-        raise ServerUnavailableError(
-            f"{what} failed after {self.retries + 1} attempts: {problem}. Is the vLLM server running and "
-            f"ready at {self.url}? Start one with `cai serve --config CONFIG` (GET {self.url}/health answers 200 "
-            "when it is ready).")
-
-
-def _error_message(response: httpx.Response) -> str:
-    """vLLM's `{"error": {"message": ...}}`, or the start of whatever else the server said."""
-    try:
-        payload = response.json()
-    except ValueError:
-        payload = None
-    # vLLM's errors carry "error"; FastAPI's own (an unknown route) carry "detail".
-    error = (payload.get("error") or payload.get("detail")) if isinstance(payload, dict) else None
-    if isinstance(error, dict) and "message" in error:
-        return str(error["message"])
-    return str(error) if error else (response.text[:500] or response.reason_phrase)
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError as exc:
-        raise ServerError(f"{response.request.url} answered with invalid JSON: {response.text[:200]!r}") from exc
 
 
 def _prefix_order(keys: Sequence[str]) -> list[int]:
@@ -147,15 +63,20 @@ class VllmServerGenerator:
     choice must be a single token; its log-prob is read from the top-20 alternatives of the first generated
     token. A choice outside the top 20 gets the lowest returned log-prob, an upper bound of its true value:
     the verdict can only come out less confident than the model's own (both labels outside: a tie).
+
+    The server renders the chat template itself: the control-token strings of `specials` (the served model's,
+    read from its local tokenizer with `control_tokens.specials_of`; by default those of the common templates)
+    are neutralised in every message's content before it is sent; a marker copied into a reply is taken out.
     """
 
     def __init__(self, url: str, model: str, *, name: str | None = None, concurrency: int = 16,
                  timeout_s: float = 300.0, retries: int = 3, backoff_s: float = 0.5,
-                 transport: httpx.AsyncBaseTransport | None = None):
+                 transport: httpx.AsyncBaseTransport | None = None, specials: Sequence[str] | None = None):
         self.model = model
         self.name = name or model
-        self.http = _Http(url, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s, concurrency=concurrency,
-                          transport=transport)
+        self.specials = tuple(COMMON_SPECIALS if specials is None else specials)
+        self.http = ServerHttp(url, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s,
+                               concurrency=concurrency, transport=transport)
         self._checked_choices: set[str] = set()
 
     @property
@@ -163,7 +84,12 @@ class VllmServerGenerator:
         return self.http.usage
 
     def generate(self, conversations: Sequence[Conversation], params: SamplingParams,
-                 progress: Progress | None = None) -> list[str]:
+                 progress: Progress | None = None, *, samples: int = 1) -> list[str]:
+        """One reply per conversation, or `samples` replies each, consecutively (conversation 0's first): the
+        copies of a conversation go to the server as one request with `n` samples."""
+        if samples > 1 and params.temperature <= 0:
+            raise ValueError(f"{samples} samples per conversation need a temperature above 0 (greedy repeats one)")
+        conversations = [c for c in conversations for _ in range(samples)]
         keys = [_conversation_key(c) for c in conversations]
         copies: dict[str, list[int]] = {}
         for index, key in enumerate(keys):
@@ -171,35 +97,31 @@ class VllmServerGenerator:
         unique = list(copies)
         outputs: list[str] = [""] * len(conversations)
 
-        async def one(client: httpx.AsyncClient, key: str) -> None:
+        async def one(api: openai.AsyncOpenAI, key: str) -> None:
             targets = copies[key]
             # Greedy samples are identical: ask once and copy the answer.
             n = len(targets) if params.temperature > 0 else 1
-            body = self._chat_body(conversations[targets[0]]) | {
-                "max_tokens": params.max_new_tokens, "temperature": params.temperature, "top_p": params.top_p,
-                "n": n, "skip_special_tokens": True,
-            }
+            fields = {"max_tokens": params.max_new_tokens, "temperature": params.temperature, "top_p": params.top_p,
+                      "n": n}
             if params.seed is not None:
-                body["seed"] = params.seed
-            reply = await self._chat(client, body)
+                fields["seed"] = params.seed
+            reply = await self._chat(api, conversations[targets[0]], fields, skip_special_tokens=True)
             texts = [self._text(reply, i) for i in range(n)]
             for slot, target in enumerate(targets):
                 outputs[target] = texts[slot % n].strip()
             if progress:
                 progress(len(targets))
 
-        self.http.run(lambda client: self._dispatch(client, unique, unique, one))
+        self.http.run(lambda client: self._dispatch(self.http.openai(client), unique, unique, one))
         return outputs
 
     def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
                         progress: Progress | None = None) -> list[list[float]]:
         scores: list[list[float]] = [[] for _ in conversations]
 
-        async def one(client: httpx.AsyncClient, index: int) -> None:
-            body = self._chat_body(conversations[index]) | {
-                "max_tokens": 1, "temperature": 0.0, "logprobs": True, "top_logprobs": TOP_LOGPROBS,
-            }
-            reply = await self._chat(client, body)
+        async def one(api: openai.AsyncOpenAI, index: int) -> None:
+            fields = {"max_tokens": 1, "temperature": 0.0, "logprobs": True, "top_logprobs": TOP_LOGPROBS}
+            reply = await self._chat(api, conversations[index], fields)
             scores[index] = _choice_scores(reply, choices, self.model)
             if progress:
                 progress(1)
@@ -207,7 +129,7 @@ class VllmServerGenerator:
         async def work(client: httpx.AsyncClient) -> None:
             await self._check_single_tokens(client, choices)
             keys = [_conversation_key(c) for c in conversations]
-            await self._dispatch(client, keys, list(range(len(conversations))), one)
+            await self._dispatch(self.http.openai(client), keys, list(range(len(conversations))), one)
 
         self.http.run(work)
         return scores
@@ -216,14 +138,14 @@ class VllmServerGenerator:
         """The names the server answers to: its base model(s) and loaded adapters."""
         return [m["id"] for m in VllmAdmin(self.http).models()]
 
-    async def _dispatch(self, client: httpx.AsyncClient, keys: Sequence[str], items: Sequence,
-                        one: Callable[[httpx.AsyncClient, Any], Awaitable[None]]) -> None:
-        """`one(client, item)` for every item, at most `concurrency` at a time, in prefix order of `keys`."""
+    async def _dispatch(self, api: openai.AsyncOpenAI, keys: Sequence[str], items: Sequence,
+                        one: Callable[[openai.AsyncOpenAI, Any], Awaitable[None]]) -> None:
+        """`one(api, item)` for every item, at most `concurrency` at a time, in prefix order of `keys`."""
         limit = asyncio.Semaphore(self.http.concurrency)
 
         async def bounded(item) -> None:
             async with limit:
-                await one(client, item)
+                await one(api, item)
 
         # Tasks acquire the semaphore in creation order: that is the order requests reach the server.
         tasks = [asyncio.ensure_future(bounded(items[i])) for i in _prefix_order(keys)]
@@ -236,22 +158,19 @@ class VllmServerGenerator:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
-    def _chat_body(self, conversation: Conversation) -> dict[str, Any]:
-        continues = conversation[-1]["role"] == "assistant"
-        body: dict[str, Any] = {"model": self.model, "messages": list(conversation)}
-        if continues:  # vLLM extension: extend the final assistant message instead of starting a new one
-            body |= {"add_generation_prompt": False, "continue_final_message": True}
-        return body
-
-    async def _chat(self, client: httpx.AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+    async def _chat(self, api: openai.AsyncOpenAI, conversation: Conversation, fields: dict[str, Any],
+                    **vllm_fields: Any) -> dict[str, Any]:
+        if conversation[-1]["role"] == "assistant":  # extend the final assistant message instead of a new one
+            vllm_fields |= {"add_generation_prompt": False, "continue_final_message": True}
+        body = {"model": self.model, "messages": neutralise_conversation(conversation, self.specials), **fields,
+                "extra_body": vllm_fields}
         try:
-            response = await self.http.request(client, "POST", "/v1/chat/completions", body)
+            reply = await self.http.chat(api, body)
         except UnknownModelError as exc:
             raise UnknownModelError(
                 f"{exc}. The server at {self.http.url} does not serve {self.model!r}: an adapter must be loaded "
                 "(POST /v1/load_lora_adapter) before it is used, and the base model must be served under this "
                 "name (`--served-model-name`).") from None
-        reply = _json(response)
         usage = reply.get("usage") or {}
         self.http.usage.requests += 1
         self.http.usage.prompt_tokens += int(usage.get("prompt_tokens") or 0)
@@ -264,7 +183,7 @@ class VllmServerGenerator:
         except (KeyError, StopIteration, TypeError) as exc:
             raise ServerError(f"{self.http.url}: a chat completion for {self.model!r} has no choice {index}: "
                               f"{json.dumps(reply)[:300]}") from exc
-        return content or ""
+        return restore(content or "")
 
     async def _check_single_tokens(self, client: httpx.AsyncClient, choices: Sequence[str]) -> None:
         for choice in choices:
@@ -272,7 +191,7 @@ class VllmServerGenerator:
                 continue
             response = await self.http.request(client, "POST", "/tokenize", {
                 "model": self.model, "prompt": choice, "add_special_tokens": False})
-            tokens = _json(response).get("tokens", [])
+            tokens = read_json(response).get("tokens", [])
             if len(tokens) != 1:
                 raise ValueError(f"choice {choice!r} is {len(tokens)} tokens for {self.model!r}; "
                                  "choices must be 1 token")
@@ -307,10 +226,10 @@ class ServedModel:
 class VllmAdmin:
     """Readiness, served models, LoRA adapter loading and Prometheus counters of one vLLM server."""
 
-    def __init__(self, http: _Http | str, *, timeout_s: float = 60.0, retries: int = 3, backoff_s: float = 0.5,
+    def __init__(self, http: ServerHttp | str, *, timeout_s: float = 60.0, retries: int = 3, backoff_s: float = 0.5,
                  transport: httpx.AsyncBaseTransport | None = None):
-        self.http = http if isinstance(http, _Http) else _Http(http, timeout_s=timeout_s, retries=retries,
-                                                              backoff_s=backoff_s, transport=transport)
+        self.http = http if isinstance(http, ServerHttp) else ServerHttp(
+            http, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s, transport=transport)
 
     @property
     def url(self) -> str:
@@ -321,7 +240,7 @@ class VllmAdmin:
 
     def ready(self) -> bool:
         """True when the server answers /health and lists its models; False while down or starting."""
-        probe = _Http(self.http.url, timeout_s=5.0, retries=0, transport=self.http.transport)
+        probe = ServerHttp(self.http.url, timeout_s=5.0, retries=0, transport=self.http.transport)
 
         async def check(client: httpx.AsyncClient) -> bool:
             try:
@@ -334,7 +253,7 @@ class VllmAdmin:
         return probe.run(check)
 
     def models(self) -> list[dict[str, Any]]:
-        return list(_json(self._call("GET", "/v1/models")).get("data", []))
+        return list(read_json(self._call("GET", "/v1/models")).get("data", []))
 
     def served(self) -> dict[str, ServedModel]:
         return {m["id"]: ServedModel(m["id"], m.get("root"), m.get("parent")) for m in self.models()}
@@ -367,28 +286,24 @@ class VllmAdmin:
         return True
 
     def metrics(self) -> dict[str, float]:
-        """vLLM's Prometheus counters, each summed over its label sets."""
-        return parse_prometheus(self._call("GET", "/metrics").text)
+        """vLLM's Prometheus counters and gauges, each summed over its label sets."""
+        text = self._call("GET", "/metrics").text
+        try:
+            return parse_prometheus(text)
+        except ValueError as exc:
+            raise ServerError(f"GET {self.url}/metrics is not in the Prometheus text format: {exc}") from None
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
-    """{metric name: value summed over label sets} from Prometheus text exposition format."""
+    """{sample name: value summed over label sets} from the Prometheus text exposition format.
+
+    Keyed by sample name, as the text spells it: a counter under its `_total` name (the parser's family name
+    drops the suffix), a histogram as `_sum` and `_count`. Its `_bucket` samples are left out: cumulative
+    counts summed over their bounds mean nothing.
+    """
     totals: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name_and_labels, _, rest = line.rpartition("}") if "}" in line else ("", "", line)
-        if name_and_labels:
-            name = name_and_labels.split("{", 1)[0]
-            fields = rest.split()
-        else:
-            parts = line.split()
-            name, fields = parts[0], parts[1:]
-        if not fields:
-            continue
-        try:
-            value = float(fields[0])
-        except ValueError:
-            continue
-        totals[name] = totals.get(name, 0.0) + value
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not (sample.name.endswith("_bucket") and "le" in sample.labels):
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
     return totals

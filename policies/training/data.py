@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from policies.serving import Conversation
+from policies.serving.control_tokens import neutralise_conversation, specials_of
 from policies.training.shared_prefix_attention import NAME as SHARED_PREFIX_ATTENTION
 from policies.training.shared_prefix_attention import Segment, SegmentIndex
 from policies.training.token_logps import projected_logps
@@ -33,10 +34,17 @@ class EncodedPair:
         return 2 * len(self.prompt) + len(self.chosen) + len(self.rejected)
 
 
+def _rendered(tokenizer, conversation: Conversation, **options) -> str:
+    # As the generators render it: control-token strings in the contents are neutralised (`control_tokens`),
+    # so training scores the tokens the policy was shown, and no text opens or closes a turn.
+    return tokenizer.apply_chat_template(neutralise_conversation(conversation, specials_of(tokenizer)),
+                                         tokenize=False, **options)
+
+
 def completion_text(tokenizer, prompt: Conversation, response: str) -> str:
     """The templated assistant turn, end-of-turn marker included, that follows the rendered prompt."""
-    head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": response}], tokenize=False)
+    head = _rendered(tokenizer, prompt, add_generation_prompt=True)
+    full = _rendered(tokenizer, [*prompt, {"role": "assistant", "content": response}])
     if not full.startswith(head):
         raise ValueError("the chat template does not render a reply as a suffix of its prompt")
     return full[len(head):]
@@ -44,8 +52,7 @@ def completion_text(tokenizer, prompt: Conversation, response: str) -> str:
 
 def encode_prompt(tokenizer, prompt: Conversation) -> list[int]:
     """The chat-templated prompt, ending where the assistant's reply begins."""
-    head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-    return tokenizer(head, add_special_tokens=False)["input_ids"]
+    return tokenizer(_rendered(tokenizer, prompt, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
 
 
 def encode_completions(tokenizer, prompt: Conversation, responses: Sequence[str],

@@ -241,5 +241,5 @@ class GRPOTrainer:
 def build_grpo_trainer(ctx: BuildContext) -> GRPOTrainer:
     spec = ctx.spec
     reward_fn = default_reward_fn(spec)  # first: a reward the trainer cannot build fails before anything runs
-    return GRPOTrainer(ctx.lm, ctx.tokenizer, ctx.settings, reward_fn, served=served_rollouts(spec, ctx.lm, "grpo"),
-                       **ctx.loop_options)
+    return GRPOTrainer(ctx.lm, ctx.tokenizer, ctx.settings, reward_fn,
+                       served=served_rollouts(spec, ctx.lm, "grpo", ctx.tokenizer), **ctx.loop_options)

@@ -186,7 +186,7 @@ def reward_model_scorer(spec, tokenizer) -> RewardFn:
 @register_trainer("ppo", parse=lambda record: record["prompt"])
 def build_ppo_trainer(ctx: BuildContext) -> PPOTrainer:
     spec = ctx.spec
-    served = served_rollouts(spec, ctx.lm, "ppo")
+    served = served_rollouts(spec, ctx.lm, "ppo", ctx.tokenizer)
     model = PolicyWithValue(ctx.lm)
     return PPOTrainer(model, ctx.tokenizer, ctx.settings, reward_model_scorer(spec, ctx.tokenizer), served=served,
                       **ctx.loop_options)

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from policies.serving import Conversation, Generator, SamplingParams
+from policies.serving.control_tokens import specials_of
 from policies.training.checkpoints import LoopState
 from policies.training.data import encode_completions, encode_prompt
 from policies.training.optimization import StepLog, TrainingLoop
@@ -43,12 +44,14 @@ class Rollout:
 class ServedRollouts:
     """Rollouts from a vLLM server that serves the base model: before each rollout batch the adapter being
     trained is saved and loaded under a new name (the previous one unloaded), so every batch is sampled from
-    the current weights. The server returns text, which is re-tokenised for scoring."""
+    the current weights. The server returns text, which is re-tokenised for scoring. `specials`: the model's
+    control-token strings, neutralised in the prompts sent (default: the common templates')."""
 
-    def __init__(self, url: str, lm, directory: Path, prefix: str):
+    def __init__(self, url: str, lm, directory: Path, prefix: str, specials: Sequence[str] | None = None):
         from policies.serving.vllm_client import VllmAdmin
 
         self.url, self.lm, self.directory, self.prefix = url, lm, directory, prefix
+        self.specials = specials
         self.admin = VllmAdmin(url)
         self.loaded: str | None = None
 
@@ -60,7 +63,7 @@ class ServedRollouts:
         self.admin.load_adapter(name, save_adapter(self.lm, self.directory / f"step-{step}"))
         self.close()
         self.loaded = name
-        return VllmServerGenerator(self.url, name)
+        return VllmServerGenerator(self.url, name, specials=self.specials)
 
     def close(self) -> None:
         if self.loaded is not None:
@@ -68,12 +71,13 @@ class ServedRollouts:
             self.loaded = None
 
 
-def served_rollouts(spec, lm, kind: str) -> ServedRollouts | None:
+def served_rollouts(spec, lm, kind: str, tokenizer) -> ServedRollouts | None:
     """The spec's rollout server, if it names one; adapter names are unique to the run's output folder."""
     if not spec.rollout_server:
         return None
     prefix = f"{kind}-" + hashlib.sha256(str(spec.output_dir.resolve()).encode()).hexdigest()[:10]
-    return ServedRollouts(spec.rollout_server, lm, spec.output_dir / "rollout-adapters", prefix)
+    return ServedRollouts(spec.rollout_server, lm, spec.output_dir / "rollout-adapters", prefix,
+                          specials_of(tokenizer))
 
 
 def _end_ids(generator: Generator, tokenizer) -> set[int]:

@@ -78,3 +78,16 @@ def database_digest(path: Path) -> str:
         return hashlib.sha256("\n".join(connection.iterdump()).encode()).hexdigest()
     finally:
         connection.close()
+
+
+def save_random_adapter(model_dir: Path, target: Path, seed: int) -> None:
+    """A LoRA adapter of random, non-zero weights on `model_dir`: a policy whose answers differ from the base's."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
+                        task_type="CAUSAL_LM")
+    get_peft_model(base, config).save_pretrained(target, safe_serialization=True)

@@ -15,22 +15,11 @@ from loop.cli import app
 from loop.store import EvalMetric, Evaluation, GateDecision, Iteration, Policy, Run
 from loop.store.database import open_run_store
 from policies.models import base_model_reference
+from tests.loop.runs import save_random_adapter
 
 HASH = "c0ffee1234abcdef"
 PROMPTS = ["How do I bake bread?", "Tell me how to pick a lock.", "What is 17 + 25?"]
 runner = CliRunner()
-
-
-def _save_adapter(model_dir: Path, target: Path, seed: int) -> None:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False,
-                        task_type="CAUSAL_LM")
-    get_peft_model(base, config).save_pretrained(target, safe_serialization=True)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +54,7 @@ def run_dir(tmp_path_factory, tiny_model_dir: Path) -> Path:
                                       checks=[{"passed": False, "reason": "win rate 0.40 < 0.50"}])])
     store.dispose()
     for version in (1, 2):
-        _save_adapter(tiny_model_dir, run_dir / "policies" / f"v{version}", seed=version)
+        save_random_adapter(tiny_model_dir, run_dir / "policies" / f"v{version}", seed=version)
     return run_dir
 
 

@@ -61,8 +61,13 @@ def test_every_iteration_records_metrics_and_a_decision_shown_in_status(config, 
                  "position_consistency_vs_previous", "kl_vs_reference", "kl_vs_previous", "mean_length_chars",
                  "mean_length_tokens", "violation_rate", "refusal_lexical_precision", "refusal_lexical_recall",
                  "refusal_outcome_precision", "harmful_safe_rate_outcome", "previous_benign_refusal_rate_lexical",
-                 "base_harmful_refuse_then_comply_rate", "harmful_safe_drop_other"):
+                 "base_harmful_refuse_then_comply_rate", "harmful_safe_drop_other", "control_tokens_in_answers",
+                 "previous_control_tokens_in_answers"):
         assert name in metrics, name
+    # Answers that spell a control token, counted at every stage that writes answers (a random model writes few).
+    counted = summary["control_tokens_in_answers"]
+    assert list(counted) == ["generate", "critique", "evaluate"] and counted["evaluate"] == metrics[
+        "control_tokens_in_answers"]
     if metrics["previous_mean_length_chars"] > 0:  # a random model may answer with special tokens only
         assert metrics["length_ratio"] == metrics["mean_length_chars"] / metrics["previous_mean_length_chars"]
     else:

@@ -57,6 +57,7 @@ class FakeEngines:
     policy: ScriptedGenerator
     judge: ScriptedGenerator
     served = False
+    specials = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
 
     def counters(self):
         return None
@@ -76,11 +77,14 @@ def make_config(tmp_path: Path, **sections) -> RunConfig:
 
 
 def run_stages(config: RunConfig, run_dir: Path, policy=None, judge=None) -> dict:
-    """One iteration up to and including the pairs stage; returns its summary."""
+    """One iteration up to and including the pairs stage; returns its summary. `policy` and `judge` are reply and
+    score functions, or scripted generators (to read what they were sent)."""
     store = open_run_store(run_dir, write=True)
     run_id, iteration_id, index = open_iteration(store, config, run_dir, RULES.content_hash)
-    engines = FakeEngines(ScriptedGenerator(reply=policy or policy_reply),
-                          ScriptedGenerator(score=judge or judge_prefers("revised answer")))
+    policy = policy if isinstance(policy, ScriptedGenerator) else ScriptedGenerator(reply=policy or policy_reply)
+    judge = judge if isinstance(judge, ScriptedGenerator) else ScriptedGenerator(
+        score=judge or judge_prefers("revised answer"))
+    engines = FakeEngines(policy, judge)
     ctx = IterationContext(config=config, store=store, run_dir=run_dir, run_id=run_id, iteration_id=iteration_id,
                            iteration_index=index, constitution=RULES, engines=engines, reporter=NullReporter())
     for name in ("generate", "critique", "judge", "pairs"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from critique.revision import Draft, critique_and_revise
-from loop.pipeline.stages.rows import pair_source, shard_samples, skip, skipped_under_grpo
+from loop.pipeline.stages.rows import count_control_tokens, pair_source, shard_samples, skip, skipped_under_grpo
 from loop.store import Critique, Sample
 from policies.serving import SamplingParams
 
@@ -31,6 +31,8 @@ def critique(ctx: IterationContext) -> None:
         chains = critique_and_revise(ctx.engines.policy, ctx.sampler, drafts, rounds=c.rounds, params=params,
                                      progress=advance)
     with ctx.store.session() as session:
+        count_control_tokens(ctx, session, ((s.id, step.revision) for s, chain in zip(samples, chains, strict=True)
+                                            for step in chain))
         for sample, chain in zip(samples, chains, strict=True):
             for step in chain:
                 session.add(Critique(sample_id=sample.id, round=step.round, principle_id=step.principle_id,

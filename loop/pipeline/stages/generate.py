@@ -6,7 +6,13 @@ from typing import TYPE_CHECKING
 
 from critique import sampled
 from critique.contrastive import contrastive_answers, contrastive_conversations
-from loop.pipeline.stages.rows import pair_source, principle_for, shard_samples, skipped_under_grpo
+from loop.pipeline.stages.rows import (
+    count_control_tokens,
+    pair_source,
+    principle_for,
+    shard_samples,
+    skipped_under_grpo,
+)
 from loop.store import Contrast, Sample, SampledAnswer
 from policies.serving import SamplingParams
 
@@ -29,13 +35,17 @@ def generate(ctx: IterationContext) -> None:
     principles = [principle_for(ctx, s, "contrast") for s in samples] if contrastive else []
     draws = [_draws(ctx, s) for s in samples] if source.sampled else []
     conversations = [[{"role": "user", "content": s.prompt}] for s in samples] if not draws else []
+    owners = [s.id for s in samples] if not draws else []  # the sample each conversation answers
     for sample, principle in zip(samples if contrastive else [], principles, strict=True):
         conversations += contrastive_conversations(sample.prompt, principle)
+        owners += [sample.id] * (len(conversations) - len(owners))
     for sample, plan in zip(samples if draws else [], draws, strict=True):
         conversations += [sampled.conversation(sample.prompt, steering, p) for steering, p in plan]
+        owners += [sample.id] * len(plan)
     with ctx.reporter.task("generate responses", len(conversations)) as advance:
         responses = ctx.engines.policy.generate(conversations, params, advance)
     with ctx.store.session() as session:
+        count_control_tokens(ctx, session, zip(owners, responses, strict=True))
         if draws:
             _store_draws(ctx, session, samples, draws, responses)
             ctx.complete(session)

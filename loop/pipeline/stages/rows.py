@@ -1,16 +1,19 @@
 """What several stages read the same way: this shard's samples, the iteration's contrasts, a sample's principle;
-and how a stage with nothing to do records itself done."""
+how a stage with nothing to do records itself done, and how it counts answers that spell control tokens."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from critique.pairs import PAIR_SOURCES, PairSource
-from loop.store import Contrast, Sample
+from loop.store import Contrast, Metric, Sample
 from loop.store.queries import iteration_samples
+from policies.serving.control_tokens import CONTROL_TOKENS_IN_ANSWERS, contains_control_tokens
 
 if TYPE_CHECKING:
     from loop.pipeline.context import IterationContext
@@ -58,3 +61,18 @@ def skipped_under_grpo(ctx: IterationContext) -> bool:
         return False
     skip(ctx, "train.trainer grpo samples and scores its own rollouts in the train stage")
     return True
+
+
+def count_control_tokens(ctx: IterationContext, session: Session, answers: Iterable[tuple[int, str]]) -> int:
+    """Record how many of the stage shard's (sample id, answer) spell a control token of the policy's tokenizer.
+
+    Such text is neutralised wherever it is shown to a model again, so it never acts as one; the count says how
+    often the policy writes it (a policy learning to forge turns shows here first). Logged with its samples.
+    """
+    flagged = [sample_id for sample_id, text in answers if contains_control_tokens(text, ctx.engines.specials)]
+    if flagged:
+        log.warning("%s: %d answers spell a control token (samples %s)", ctx.stage, len(flagged),
+                    ", ".join(map(str, sorted(set(flagged)))))
+    session.add(Metric(iteration_id=ctx.iteration_id, stage=ctx.stage.value, name=CONTROL_TOKENS_IN_ANSWERS,
+                       value=float(len(flagged)), step=None))
+    return len(flagged)

@@ -1,8 +1,10 @@
 """The vLLM server client against an in-process fake server: requests, retries, errors, log-prob mapping."""
 
+import json
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from policies.serving import SamplingParams
@@ -125,6 +127,45 @@ def test_a_server_that_does_not_answer_times_out(fake):
         generator.generate([user("hello")], SamplingParams(4))
 
 
+def scripted(*answers: httpx.Response | Exception) -> tuple[httpx.MockTransport, list[httpx.Request]]:
+    """A transport answering each request with the next answer (an exception is raised), and the requests seen."""
+    queue, seen = list(answers), []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        answer = queue.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return httpx.MockTransport(handle), seen
+
+
+COMPLETION = {"choices": [{"index": 0, "message": {"role": "assistant", "content": " hi "}}],
+              "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+
+
+def test_a_broken_connection_is_retried_then_succeeds(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-for-this-server")
+    transport, seen = scripted(httpx.ConnectError("connection refused"), httpx.Response(200, json=COMPLETION))
+    generator = VllmServerGenerator("http://vllm.test:8000", "base-model", retries=1, transport=transport, **FAST)
+    assert generator.generate([user("hello")], SamplingParams(4)) == ["hi"]
+    assert [str(r.url) for r in seen] == ["http://vllm.test:8000/v1/chat/completions"] * 2
+    assert (generator.usage.requests, generator.usage.prompt_tokens) == (1, 3)
+    assert "sk-not-for-this-server" not in seen[-1].headers.get("authorization", "")
+    body = json.loads(seen[-1].content)  # vLLM's own fields travel beside OpenAI's
+    assert body["skip_special_tokens"] is True and body["model"] == "base-model"
+
+
+def test_a_refused_request_is_not_retried_and_says_why():
+    refusal = httpx.Response(400, json={"error": {"message": "max_tokens is too large", "code": 400}})
+    transport, seen = scripted(refusal)
+    generator = VllmServerGenerator("http://vllm.test:8000", "base-model", retries=3, transport=transport, **FAST)
+    with pytest.raises(ServerError, match=r"chat/completions was refused: HTTP 400: max_tokens is too large"):
+        generator.generate([user("hello")], SamplingParams(4))
+    assert len(seen) == 1
+
+
 def test_an_unknown_model_is_not_retried_and_says_so(fake):
     generator = VllmServerGenerator(fake.url, "run-v7-deadbeef", retries=3, **FAST)
     with pytest.raises(UnknownModelError, match=r"does not serve 'run-v7-deadbeef'.*load_lora_adapter"):
@@ -149,19 +190,54 @@ def test_adapters_are_loaded_once_and_replaced_when_their_path_changes(fake, tmp
         adapter.choice_logprobs([user("x")], ["A", "B"])
 
 
-def test_metrics_are_summed_over_label_sets(fake):
-    text = """# HELP vllm:prefix_cache_hits_total Hits.
+# As a vLLM server writes it (prometheus_client's text format): counters with their `_created` gauges, two
+# engines' label sets, a histogram, and an untyped line.
+VLLM_METRICS = """# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="m"} 2.0
+vllm:num_requests_running{engine="1",model_name="m"} 1.0
+# HELP vllm:prefix_cache_hits_total Prefix cache hits, in terms of number of cached tokens.
 # TYPE vllm:prefix_cache_hits_total counter
 vllm:prefix_cache_hits_total{engine="0",model_name="m"} 10.0
 vllm:prefix_cache_hits_total{engine="1",model_name="m"} 5.0
-vllm:generation_tokens_total 7
+# HELP vllm:prefix_cache_hits_created Prefix cache hits, in terms of number of cached tokens.
+# TYPE vllm:prefix_cache_hits_created gauge
+vllm:prefix_cache_hits_created{engine="0",model_name="m"} 1.7e+09
+# HELP vllm:generation_tokens_total Number of generation tokens processed.
+# TYPE vllm:generation_tokens_total counter
+vllm:generation_tokens_total{engine="0",model_name="m"} 7.0
+# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{engine="0",le="0.01",model_name="m"} 1.0
+vllm:time_to_first_token_seconds_bucket{engine="0",le="0.1",model_name="m"} 2.0
+vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="m"} 3.0
+vllm:time_to_first_token_seconds_count{engine="0",model_name="m"} 3.0
+vllm:time_to_first_token_seconds_sum{engine="0",model_name="m"} 0.42
 process_start_time_seconds 1.7e9
 """
-    parsed = parse_prometheus(text)
+
+
+def test_metrics_are_summed_over_label_sets(fake):
+    parsed = parse_prometheus(VLLM_METRICS)
+    # Counters keep their `_total` name, as callers read them; gauges and histograms' sum and count are summed.
     assert parsed["vllm:prefix_cache_hits_total"] == 15.0 and parsed["vllm:generation_tokens_total"] == 7.0
+    assert parsed["vllm:num_requests_running"] == 3.0 and parsed["process_start_time_seconds"] == 1.7e9
+    assert parsed["vllm:time_to_first_token_seconds_count"] == 3.0
+    assert parsed["vllm:time_to_first_token_seconds_sum"] == pytest.approx(0.42)
+    assert not [name for name in parsed if name.endswith("_bucket")]
     VllmServerGenerator(fake.url, "base-model", **FAST).generate([user("one two three")], SamplingParams(4))
     metrics = VllmAdmin(fake.url, **FAST).metrics()
     assert metrics["vllm:prefix_cache_queries_total"] > 0 and metrics["vllm:generation_tokens_total"] > 0
+
+
+def test_metrics_reads_are_retried_and_garbage_is_refused():
+    starting = httpx.Response(503, json={"error": {"message": "engine is starting"}})
+    transport, seen = scripted(httpx.ConnectError("connection refused"), starting,
+                               httpx.Response(200, text=VLLM_METRICS), httpx.Response(200, text="<html>proxy</html>"))
+    admin = VllmAdmin("http://vllm.test:8000", retries=2, transport=transport, **FAST)
+    assert admin.metrics()["vllm:prefix_cache_hits_total"] == 15.0 and len(seen) == 3
+    with pytest.raises(ServerError, match="/metrics is not in the Prometheus text format"):
+        admin.metrics()
 
 
 def test_adapter_loading_errors_say_what_to_do(fake, tmp_path: Path):

@@ -1,8 +1,8 @@
 """The `cai` command line: the typer app, its command groups and the global options.
 
 The commands live in one module per group (`run`, `status`, `operate`, `principles`, `judge`, `review`, `export`,
-`serve`); this module names them, so the whole command tree reads in one place. Nothing here or there imports
-torch at import time: `cai --help`, `cai status` and `cai principles check` start without it.
+`generate`, `serve`); this module names them, so the whole command tree reads in one place. Nothing here or there
+imports torch at import time: `cai --help`, `cai status` and `cai principles check` start without it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from loop.cli import export, judge, operate, principles, review, run, serve, status
+from loop.cli import export, generate, judge, operate, principles, review, run, serve, status
 from loop.cli.errors import Options
 
 app = typer.Typer(help="cai: Constitutional AI and RLAIF self-improvement.", no_args_is_help=True,
@@ -54,6 +54,7 @@ review_app.command("drop")(review.review_drop)
 export_app.command("pairs")(export.export_pairs)
 export_app.command("policy")(export.export_policy_command)
 app.command("eval")(operate.eval_policy)
+app.command()(generate.generate)
 app.command()(operate.rollback)
 app.command()(operate.promote)
 app.command()(operate.pause)

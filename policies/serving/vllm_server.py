@@ -42,7 +42,8 @@ class VllmServerSettings(BaseModel):
     """Per request; a request that times out is retried."""
     retries: int = Field(default=3, ge=0)
     backoff_s: float = Field(default=0.5, ge=0)
-    """First wait before a retry; it doubles each time."""
+    """First wait before a retry of vLLM's own routes (adapters, /metrics, /tokenize); it doubles each time. Chat
+    completions retry on the openai client's own schedule (0.5 s doubling to 8 s, or the server's Retry-After)."""
     keep_adapters: int = Field(default=3, ge=1)
     """Policy adapters of a run kept loaded (the newest, always including the current one)."""
     # The rest is used by `cai serve` only.

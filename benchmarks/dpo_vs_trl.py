@@ -173,16 +173,16 @@ def bench_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": str(THREADS), "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
 
 
-def alternate(labels: list[str], repeats: int, run) -> dict[str, list[dict]]:
+def alternate(labels: list[str], repeats: int, run, summary=summarise, show=describe) -> dict[str, list[dict]]:
     """`repeats` runs of each label, alternating so that a drift of the machine's speed reaches all of them;
-    `run(label, output_dir)` is one `timed_run`."""
+    `run(label, output_dir)` is one `timed_run`, `summary` turns it into a result and `show` into a line."""
     runs: dict[str, list[dict]] = {label: [] for label in labels}
     for repeat in range(repeats):
         for label in labels:
             with tempfile.TemporaryDirectory(prefix="cai-bench-") as tmp:
-                result = summarise(run(label, Path(tmp)))
+                result = summary(run(label, Path(tmp)))
             runs[label].append(result)
-            print(f"run {repeat + 1} {label:>12}: {describe(result)}", flush=True)
+            print(f"run {repeat + 1} {label:>12}: {show(result)}", flush=True)
     return runs
 
 

@@ -155,9 +155,12 @@ class Evaluator:
         metrics |= task_accuracy_drop(metrics)
         metrics["length_ratio"] = _ratio(metrics["mean_length_chars"], metrics["previous_mean_length_chars"])
         metrics["length_ratio_vs_base"] = _ratio(metrics["mean_length_chars"], metrics["base_mean_length_chars"])
+        # A task answer is checked exactly (task_accuracy): the judge compares the other answers, unless task sets
+        # are all there is.
+        judged = {k: v for k, v in answers[candidate].items() if roles[k[0]] != "task"} or answers[candidate]
         for label, opponent in (("previous", previous), ("base", 0)):
             if opponent != candidate:
-                result = win_rate(self._verdicts(judge_generator, answers[candidate], answers[opponent]))
+                result = win_rate(self._verdicts(judge_generator, judged, answers[opponent]))
                 metrics |= {f"win_rate_vs_{label}": result.rate, f"win_rate_vs_{label}_lower": result.lower,
                             f"win_rate_vs_{label}_upper": result.upper,
                             f"position_consistency_vs_{label}": result.position_consistency}

@@ -14,7 +14,7 @@ from loop.config import RunConfig, load_run_config, resolve_paths
 from loop.evaluation.gates import GATES
 from loop.pipeline.iteration import run_iteration
 from loop.pipeline.names import StageName
-from loop.store import Comparison, Critique, EvalResponse, Metric, Pair, Policy, Sample
+from loop.store import Comparison, Critique, EvalComparison, EvalResponse, Metric, Pair, Policy, Sample
 from loop.store.database import open_run_store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,3 +103,5 @@ def test_a_grpo_iteration_trains_on_rollouts_and_measures_task_accuracy(tiny_mod
     keys = {r.eval_set: r.settings_key for r in answers}
     assert keys["arithmetic"] != keys["harmful"]  # its own answer limit, its own key
     assert max(r.tokens for r in answers if r.eval_set == "arithmetic") <= 8
+    judged = {c.candidate_id for c in rows(run_dir, select(EvalComparison))}
+    assert {r.eval_set for r in answers if r.id in judged} == {"harmful"}  # task answers are checked, not judged

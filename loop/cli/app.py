@@ -1,8 +1,8 @@
 """The `cai` command line: the typer app, its command groups and the global options.
 
 The commands live in one module per group (`run`, `status`, `operate`, `principles`, `judge`, `review`, `export`,
-`generate`, `serve`); this module names them, so the whole command tree reads in one place. Nothing here or there
-imports torch at import time: `cai --help`, `cai status` and `cai principles check` start without it.
+`cache`, `generate`, `serve`); this module names them, so the whole command tree reads in one place. Nothing here or
+there imports torch at import time: `cai --help`, `cai status` and `cai principles check` start without it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from loop.cli import export, generate, judge, operate, principles, review, run, serve, status
+from loop.cli import cache, export, generate, judge, operate, principles, review, run, serve, status
 from loop.cli.errors import Options
 
 app = typer.Typer(help="cai: Constitutional AI and RLAIF self-improvement.", no_args_is_help=True,
@@ -26,6 +26,9 @@ review_app = typer.Typer(help="Review preference pairs: a reviewer's verdict ove
 app.add_typer(review_app, name="review")
 export_app = typer.Typer(help="Export a run's pairs, or a policy as a model folder.", no_args_is_help=True)
 app.add_typer(export_app, name="export")
+cache_app = typer.Typer(help="Results kept under CAI_HOME across runs (judge scores, the base's eval answers).",
+                        no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
 
 
 @app.callback()
@@ -53,6 +56,8 @@ review_app.command("flip")(review.review_flip)
 review_app.command("drop")(review.review_drop)
 export_app.command("pairs")(export.export_pairs)
 export_app.command("policy")(export.export_policy_command)
+cache_app.command("list")(cache.cache_list)
+cache_app.command("clear")(cache.cache_clear)
 app.command("eval")(operate.eval_policy)
 app.command()(generate.generate)
 app.command()(operate.rollback)

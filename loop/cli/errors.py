@@ -7,6 +7,7 @@ The failures are classified by their type. Every module they come from is torch-
 
 from __future__ import annotations
 
+import logging
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,7 +59,8 @@ def report(message: str, code: int, exc: BaseException | None = None) -> NoRetur
     """The failure's line(s) on stderr and in cai.log, the traceback only with --debug; exit with `code`."""
     for line in message.splitlines() or [""]:
         console.print("[bold red]error:[/]", escape(line), highlight=False, soft_wrap=True)
-    FAILURES.error("%s", message, exc_info=exc if Options.debug else None)
+    if logging.getLogger().handlers:  # a command without a log would print the line a second time
+        FAILURES.error("%s", message, exc_info=exc if Options.debug else None)
     if Options.debug and exc is not None:
         console.print("".join(traceback.format_exception(exc)), highlight=False, soft_wrap=True, markup=False)
     raise typer.Exit(code=code)

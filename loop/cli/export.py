@@ -10,7 +10,7 @@ import typer
 
 from loop.cli.errors import fail, failures_reported
 from loop.cli.options import RunDir, open_run, open_store
-from loop.cli.output import console, out, setup_logging
+from loop.cli.output import console, out, setup_logging, size
 from loop.operate.export import pair_records, write_pairs
 from loop.operate.export_policy import VERSIONS, export_policy
 
@@ -30,18 +30,6 @@ def export_pairs(
     store.dispose()
     path = write_pairs(records, output or run_dir / "export" / f"pairs.{file_format}", file_format)  # type: ignore[arg-type]
     out.print(f"{len(records)} pairs -> {path}", highlight=False)
-
-
-def size(n: int) -> str:
-    """Bytes as people read them: 950 B, 19.8 KB, 6.4 MB, 1.1 GB."""
-    if n < 1000:
-        return f"{n} B"
-    value = n / 1000
-    for unit in ("KB", "MB"):
-        if value < 1000:
-            return f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} GB"
 
 
 def export_policy_command(

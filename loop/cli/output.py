@@ -40,3 +40,15 @@ def setup_logging(run_dir: Path | None) -> None:
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def size(n: int) -> str:
+    """Bytes as people read them: 950 B, 19.8 KB, 6.4 MB, 1.1 GB."""
+    if n < 1000:
+        return f"{n} B"
+    value = n / 1000
+    for unit in ("KB", "MB"):
+        if value < 1000:
+            return f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"

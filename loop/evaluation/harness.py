@@ -12,7 +12,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -22,12 +22,14 @@ from sqlalchemy.orm import Session
 
 from constitution import Constitution, PrincipleSampler
 from critique.judge import Matchup, judge
+from loop.cache import ResultCache, digest, model_fingerprint
 from loop.config.run import JudgeSettings, ModelSettings, RunConfig
 from loop.evaluation.answer_metrics import Key, against_previous, answer_metrics, task_accuracy, task_accuracy_drop
 from loop.evaluation.kl import completion_kls
 from loop.evaluation.models import PolicyBank
 from loop.evaluation.refusal import (
     ClassifierScore,
+    JudgeScoreCache,
     RefusalClassifier,
     choose_classifier,
     p_yes,
@@ -48,6 +50,7 @@ from policies.training.reward_model import RewardModel
 from rewards.task_spec import TaskSpec
 
 KL_MAX_LENGTH = 1024
+BASE_ANSWERS = "base-answers"  # the cache kind of the base model's greedy eval answers (token ids)
 
 
 def violation_question(critique_request: str) -> str:
@@ -91,6 +94,7 @@ class Evaluator:
     run_id: int
     constitution: Constitution
     reporter: Reporter = NullReporter()
+    base_answers_from_cache: int = field(default=0, init=False)  # in the evaluation under way
 
     @classmethod
     def for_run(cls, config: RunConfig, *fields, **named) -> Evaluator:
@@ -117,6 +121,15 @@ class Evaluator:
         return hashlib.sha256(f"{m.name}|{m.dtype}|greedy|{eval_set.max_new_tokens}".encode()).hexdigest()[:12]
 
     @cached_property
+    def cache(self) -> ResultCache:
+        return ResultCache(self.settings.home)
+
+    def model_identity(self, name: str) -> list:
+        """What a model's outputs here depend on besides the input: its files and the dtype and device."""
+        m = self.settings.model
+        return [model_fingerprint(resolve_model_dir(name, self.settings.home)), m.dtype, m.device]
+
+    @cached_property
     def tasks(self) -> dict[Key, TaskSpec]:
         """The task of each prompt of the task sets (role `task`), which its answers are checked against."""
         return {(p.set.name, p.record.id): p.record.task for p in self.prompts
@@ -128,7 +141,7 @@ class Evaluator:
 
         `complete` runs inside the transaction that stores the metrics (a stage records itself done there).
         """
-        started = time.perf_counter()
+        started, self.base_answers_from_cache = time.perf_counter(), 0
         versions = sorted({0, previous, candidate})
         bank = PolicyBank(resolve_model_dir(self.settings.model.name, self.settings.home), self._adapters(versions),
                           dtype=self.settings.model.dtype, device=self.settings.model.device)
@@ -143,6 +156,8 @@ class Evaluator:
             kind = "judge" if score_.name.startswith("judge") else score_.name
             metrics |= {f"refusal_{kind}_precision": score_.precision, f"refusal_{kind}_recall": score_.recall}
         metrics["refusal_classifier_is_judge"] = float(classifier.judge is not None)
+        metrics["refusal_judge_scores_cached"] = float(any(s.cached for s in scores))
+        metrics["base_answers_from_cache"] = float(self.base_answers_from_cache)
         roles = {s.name: s.role for s in self.settings.evaluation.sets}
         specials = specials_of(bank.tokenizer)
         for prefix, version in (("", candidate), ("previous_", previous), ("base_", 0)):
@@ -210,10 +225,7 @@ class Evaluator:
                 EvalResponse.settings_key.in_(set(keys.values())))) if r.settings_key == keys.get(r.eval_set)}
         missing = [p for p in self.prompts if (p.set.name, p.record.id) not in stored]
         if missing:
-            e = self.settings.evaluation
-            generator = bank.generator(version, name=f"v{version}", batch_size=e.batch_size)
-            with self.reporter.task(f"eval answers of v{version}", len(missing)) as advance:
-                tokens = self._generate(generator, missing, advance)
+            tokens = self._answer_tokens(bank, version, missing)
             with self.store.session() as session:
                 for prompt, ids in zip(missing, tokens, strict=True):
                     row = EvalResponse(run_id=self.run_id, policy_version=version, eval_set=prompt.set.name,
@@ -223,6 +235,30 @@ class Evaluator:
                     session.add(row)
                     stored[(row.eval_set, row.prompt_id)] = row
         return {(p.set.name, p.record.id): stored[(p.set.name, p.record.id)] for p in self.prompts}
+
+    def _answer_tokens(self, bank: PolicyBank, version: int, prompts: list[EvalPrompt]) -> list[list[int]]:
+        """Greedy answers' token ids for `prompts`. The base's depend on nothing of the run, so they are read
+        from (and kept in) the cache under CAI_HOME: a second run of the same model does not regenerate them."""
+        keys = [self._base_answer_key(p) if version == 0 else None for p in prompts]
+        tokens = [self.cache.get(BASE_ANSWERS, key) if key else None for key in keys]
+        todo = [i for i, ids in enumerate(tokens) if not isinstance(ids, list)]
+        self.base_answers_from_cache += len(prompts) - len(todo)
+        generator = bank.generator(version, name=f"v{version}", batch_size=self.settings.evaluation.batch_size)
+        with self.reporter.task(f"eval answers of v{version}", len(todo)) as advance:
+            found = self._generate(generator, [prompts[i] for i in todo], advance) if todo else []
+        for i, ids in zip(todo, found, strict=True):
+            tokens[i] = ids
+            if keys[i] is not None:
+                self.cache.put(BASE_ANSWERS, keys[i], ids)
+        return tokens
+
+    def _base_answer_key(self, prompt: EvalPrompt) -> str:
+        limit = self.settings.evaluation.max_new_tokens_of(prompt.set)
+        return digest(BASE_ANSWERS, self._base_identity, "greedy", limit, prompt.record.prompt)
+
+    @cached_property
+    def _base_identity(self) -> list:
+        return self.model_identity(self.settings.model.name)
 
     def _generate(self, generator: Generator, prompts: list[EvalPrompt], advance) -> list[list[int]]:
         """Greedy answers' token ids in the order of `prompts`, one batch run per answer limit (a set may have its
@@ -238,7 +274,11 @@ class Evaluator:
 
     def _classifier(self, judge_generator: Generator) -> tuple[RefusalClassifier, list[ClassifierScore]]:
         """The refusal classifier to use, and the scores of those measured on the labelled set."""
-        return choose_classifier(self.settings.evaluation.refusal, judge_generator, self.reporter)
+        def judge() -> list:
+            return [*self.model_identity(self.settings.judge.model or self.settings.model.name), judge_generator.name]
+
+        return choose_classifier(self.settings.evaluation.refusal, judge_generator, self.reporter,
+                                 JudgeScoreCache(self.cache, judge))
 
     def _classify(self, classifier: RefusalClassifier, answers: dict[Key, EvalResponse]) -> dict[Key, EvalResponse]:
         todo = [key for key, row in answers.items() if row.classifier != classifier.name]

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from loop.config import load_run_config
+from loop.config.run import JudgeSettings, ModelSettings
 from loop.evaluation.answer_metrics import against_previous, answer_metrics, other_detector
 from loop.evaluation.harness import Evaluator, EvaluatorSettings
 from loop.evaluation.settings import EvaluationSettings
@@ -84,8 +85,13 @@ def test_the_other_detector():
     assert [other_detector(n) for n in ("outcome", "lexical", "judge:m")] == ["lexical", "outcome", "outcome"]
 
 
-def evaluator(**refusal) -> Evaluator:
-    settings = EvaluatorSettings(EvaluationSettings(refusal=refusal), None, None, ROOT, 0)
+def evaluator(home: Path, **refusal) -> Evaluator:
+    """An evaluator whose judge is a model directory under `home`, and its cache there too."""
+    model = home / "model"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text("{}")
+    settings = EvaluatorSettings(EvaluationSettings(refusal=refusal), ModelSettings(name=str(model)),
+                                 JudgeSettings(), home, 0)
     return Evaluator(settings, store=None, run_dir=ROOT, run_id=0, constitution=None)
 
 
@@ -97,15 +103,15 @@ def test_the_outcome_classifier_is_chosen_and_scored_without_the_judge(tmp_path)
     assert load_run_config(path).evaluation.refusal.classifier == "outcome"
 
     judge = ScriptedGenerator()  # no scores scripted: asking it anything fails the test
-    chosen, scores = evaluator(classifier="outcome")._classifier(judge)
+    chosen, scores = evaluator(tmp_path, classifier="outcome")._classifier(judge)
     assert chosen.name == "outcome" and judge.scored == []
     assert [s.name for s in scores] == ["lexical", "outcome"]
     assert chosen.classify([("q", REFUSES_THEN_COMPLIES), ("q", REFUSES)]) == [False, True]
-    assert evaluator(classifier="outcome", labels=None)._classifier(judge)[0].name == "outcome"
+    assert evaluator(tmp_path, classifier="outcome", labels=None)._classifier(judge)[0].name == "outcome"
 
 
-def test_auto_still_falls_back_to_the_lexical_detector():
+def test_auto_still_falls_back_to_the_lexical_detector(tmp_path):
     judge = ScriptedGenerator(score=lambda conversation, choices: [-0.1, -3.0])  # says Yes to everything
-    chosen, scores = evaluator(classifier="auto")._classifier(judge)
+    chosen, scores = evaluator(tmp_path, classifier="auto")._classifier(judge)
     assert chosen.name == "lexical"
     assert [s.name for s in scores] == ["lexical", "outcome", "judge:scripted"]

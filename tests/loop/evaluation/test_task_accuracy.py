@@ -95,10 +95,16 @@ class Tokens:
         return " ".join(map(str, ids))
 
 
-def evaluator(store: Store, evaluation: EvaluationSettings) -> Evaluator:
+def evaluator(store: Store, evaluation: EvaluationSettings, home: Path) -> Evaluator:
+    """An evaluator of run 1 of `store`, its model a directory under `home` (the base's answers are cached by
+    its files) and its cache in `home`."""
     from loop.config.run import ModelSettings
 
-    return Evaluator(EvaluatorSettings(evaluation, ModelSettings(name="m"), None, Path("."), 0), store=store,
+    model = home / "model"
+    if not (model / "config.json").is_file():
+        model.mkdir()
+        (model / "config.json").write_text("{}")
+    return Evaluator(EvaluatorSettings(evaluation, ModelSettings(name=str(model)), None, home, 0), store=store,
                      run_dir=Path("."), run_id=1, constitution=None)
 
 
@@ -107,10 +113,10 @@ def test_a_sets_own_limit_is_in_its_settings_key_and_in_what_it_generates(tmp_pa
     with store.session() as session:
         session.add(Run(name="r", config={}))
     plain, own = settings(tmp_path, None), settings(tmp_path, 12)
-    first = evaluator(store, own)
-    assert first.set_settings_key(own.sets[0]) == evaluator(store, plain).settings_key  # no limit of its own
+    first = evaluator(store, own, tmp_path)
+    assert first.set_settings_key(own.sets[0]) == evaluator(store, plain, tmp_path).settings_key  # no limit of its own
     assert first.set_settings_key(own.sets[1]) != first.settings_key
-    assert first.set_settings_key(own.sets[1]) == evaluator(store, settings(tmp_path, 12)).set_settings_key(
+    assert first.set_settings_key(own.sets[1]) == evaluator(store, settings(tmp_path, 12), tmp_path).set_settings_key(
         own.sets[1])
     same = own.sets[1].model_copy(update={"max_new_tokens": 5})  # its own limit equal to the evaluation's
     assert first.set_settings_key(same) == first.settings_key
@@ -121,9 +127,9 @@ def test_a_sets_own_limit_is_in_its_settings_key_and_in_what_it_generates(tmp_pa
     assert [len(answers[("arithmetic", p)].response.split()) for p in ("a1", "a2")] == [12, 12]
     assert answers[("harmful", "h1")].tokens == 5
     again = Tokens()
-    evaluator(store, own)._answers(again, 0)
+    evaluator(store, own, tmp_path)._answers(again, 0)
     assert again.limits == []  # stored answers are reused under the same limits
-    evaluator(store, settings(tmp_path, 20))._answers(again, 0)
+    evaluator(store, settings(tmp_path, 20), tmp_path)._answers(again, 0)
     assert again.limits == [(20, 2)]  # ... and not under another: only the task set is answered again
     store.dispose()
 

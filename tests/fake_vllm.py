@@ -38,6 +38,8 @@ class FakeVllm:
     runtime_lora: bool = True
     """False: no adapter routes, as a server started without VLLM_ALLOW_RUNTIME_LORA_UPDATING."""
     lock: threading.Lock = field(default_factory=threading.Lock)
+    reply: Callable[[str, list[dict]], str] | None = None
+    """(model, messages) -> the answer's text; default: a reply naming the model, sample and seed."""
 
     def handle(self, method: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
         with self.lock:
@@ -92,7 +94,8 @@ class FakeVllm:
             else:
                 logprobs = None
                 seed = body.get("seed")
-                content = f" [{model}] reply {i} seed={seed} to: {messages[-1]['content'][:30]} "
+                content = (self.reply(model, messages) if self.reply is not None
+                           else f" [{model}] reply {i} seed={seed} to: {messages[-1]['content'][:30]} ")
             choices.append({"index": i, "message": {"role": "assistant", "content": content},
                             "logprobs": logprobs})
         completion_tokens = sum(len(c["message"]["content"].split()) for c in choices)

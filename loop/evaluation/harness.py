@@ -11,12 +11,11 @@ import hashlib
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -26,7 +25,7 @@ from loop.cache import ResultCache, digest, model_fingerprint
 from loop.config.run import JudgeSettings, ModelSettings, RunConfig
 from loop.evaluation.answer_metrics import Key, against_previous, answer_metrics, task_accuracy, task_accuracy_drop
 from loop.evaluation.kl import completion_kls
-from loop.evaluation.models import PolicyBank
+from loop.evaluation.models import PolicyBank, ServedPolicies, greedy_answers
 from loop.evaluation.refusal import (
     ClassifierScore,
     JudgeScoreCache,
@@ -35,22 +34,19 @@ from loop.evaluation.refusal import (
     p_yes,
     yes_no_conversation,
 )
+from loop.evaluation.reward_divergence import ppo_reward_model, reward_divergence, scoring_batches
 from loop.evaluation.sets import EvalPrompt, eval_prompts
 from loop.evaluation.settings import EvalSet, EvaluationSettings
 from loop.evaluation.stats import win_rate
 from loop.progress import NullReporter, Reporter
-from loop.store import EvalComparison, EvalMetric, EvalResponse, Evaluation, Iteration, Policy, Store
-from policies.models import load_model, resolve_model_dir
-from policies.serving import Generator, SamplingParams
-from policies.serving.control_tokens import CONTROL_TOKENS_IN_ANSWERS, contains_control_tokens, restore, specials_of
+from loop.store import EvalComparison, EvalMetric, EvalResponse, Evaluation, Policy, Store
+from policies.models import ModelNotFoundError, load_model, resolve_model_dir
+from policies.serving import Generator
+from policies.serving.control_tokens import CONTROL_TOKENS_IN_ANSWERS, contains_control_tokens, specials_of
 from policies.serving.transformers_backend import TransformersGenerator
-from policies.training.data import collate_sequences, encode_completions
-from policies.training.heads import HEAD_FILE
-from policies.training.reward_model import RewardModel
 from rewards.task_spec import TaskSpec
 
-KL_MAX_LENGTH = 1024
-BASE_ANSWERS = "base-answers"  # the cache kind of the base model's greedy eval answers (token ids)
+BASE_ANSWERS = "base-answers"  # the cache kind of the base model's greedy eval answers ([text, tokens])
 
 
 def violation_question(critique_request: str) -> str:
@@ -60,14 +56,6 @@ def violation_question(critique_request: str) -> str:
 
 def _mean(values: Sequence[float]) -> float:
     return statistics.fmean(values) if values else math.nan
-
-
-def _scoring_batches(tokenizer, rows: Sequence[EvalResponse], size: int) -> Iterator[dict]:
-    """Each answer templated after its prompt, as collated batches of `size` rows (prompt + completion mask)."""
-    for start in range(0, len(rows), size):
-        encoded = [encode_completions(tokenizer, [{"role": "user", "content": r.prompt}], [r.response],
-                                      KL_MAX_LENGTH) for r in rows[start:start + size]]
-        yield collate_sequences([p for p, _ in encoded], [c[0] for _, c in encoded], tokenizer.pad_token_id)
 
 
 def _ratio(a: float, b: float) -> float:
@@ -94,6 +82,8 @@ class Evaluator:
     run_id: int
     constitution: Constitution
     reporter: Reporter = NullReporter()
+    served: ServedPolicies | None = None
+    """vllm-server: the server answers and judges (the KL is still computed here)."""
     base_answers_from_cache: int = field(default=0, init=False)  # in the evaluation under way
 
     @classmethod
@@ -143,10 +133,13 @@ class Evaluator:
         """
         started, self.base_answers_from_cache = time.perf_counter(), 0
         versions = sorted({0, previous, candidate})
-        bank = PolicyBank(resolve_model_dir(self.settings.model.name, self.settings.home), self._adapters(versions),
+        adapters = self._adapters(versions)
+        # In-process: the answers, the judge and the KL. Served: the server answers and judges, and the bank
+        # only scores the stored answers for the KL (one forward pass each, no generation).
+        bank = PolicyBank(resolve_model_dir(self.settings.model.name, self.settings.home), adapters,
                           dtype=self.settings.model.dtype, device=self.settings.model.device)
-        judge_generator = self._judge(bank)
-        answers = {v: self._answers(bank, v) for v in versions}
+        judge_generator = self.served.judge() if self.served is not None else self._judge(bank)
+        answers = {v: self._answers(bank, v, adapters.get(v)) for v in versions}
         classifier, scores = self._classifier(judge_generator)
         for version in versions:
             answers[version] = self._classify(classifier, answers[version])
@@ -180,10 +173,12 @@ class Evaluator:
                             f"win_rate_vs_{label}_upper": result.upper,
                             f"position_consistency_vs_{label}": result.position_consistency}
         metrics |= self._kl(bank, candidate, previous, answers[candidate])
-        reward_model = self._reward_model_dir(candidate)
+        reward_model = ppo_reward_model(self.store, self.run_id, self.run_dir, candidate)
         if reward_model is not None and "win_rate_vs_previous" in metrics:
-            metrics |= self._reward_divergence(reward_model, answers[candidate], answers[previous],
-                                               metrics["win_rate_vs_previous"])
+            with self.reporter.task("reward model on eval answers", None):
+                metrics |= reward_divergence(self.settings.model, self.settings.home, reward_model,
+                                             answers[candidate], answers[previous], metrics["win_rate_vs_previous"],
+                                             self.settings.evaluation.kl_batch_size)
         if self.settings.evaluation.violations:
             metrics |= self._violations(judge_generator, answers[candidate])
         with self.store.session() as session:
@@ -216,7 +211,7 @@ class Evaluator:
             return TransformersGenerator(model, tokenizer, name=self.settings.judge.model, batch_size=batch)
         return bank.generator(0, name=self.settings.model.name, batch_size=batch)
 
-    def _answers(self, bank: PolicyBank, version: int) -> dict[Key, EvalResponse]:
+    def _answers(self, bank: PolicyBank, version: int, adapter: Path | None = None) -> dict[Key, EvalResponse]:
         """The policy's stored answers to the eval prompts, generating (and storing) the missing ones."""
         keys = {s.name: self.set_settings_key(s) for s in self.settings.evaluation.sets}
         with self.store.session() as session:
@@ -225,57 +220,70 @@ class Evaluator:
                 EvalResponse.settings_key.in_(set(keys.values())))) if r.settings_key == keys.get(r.eval_set)}
         missing = [p for p in self.prompts if (p.set.name, p.record.id) not in stored]
         if missing:
-            tokens = self._answer_tokens(bank, version, missing)
+            generated = self._answer_texts(bank, version, adapter, missing)
             with self.store.session() as session:
-                for prompt, ids in zip(missing, tokens, strict=True):
+                for prompt, (text, tokens) in zip(missing, generated, strict=True):
                     row = EvalResponse(run_id=self.run_id, policy_version=version, eval_set=prompt.set.name,
-                                       prompt_id=prompt.record.id, prompt=prompt.record.prompt,
-                                       response=restore(bank.tokenizer.decode(ids, skip_special_tokens=True)).strip(),
-                                       tokens=len(ids), settings_key=keys[prompt.set.name])
+                                       prompt_id=prompt.record.id, prompt=prompt.record.prompt, response=text,
+                                       tokens=tokens, settings_key=keys[prompt.set.name])
                     session.add(row)
                     stored[(row.eval_set, row.prompt_id)] = row
         return {(p.set.name, p.record.id): stored[(p.set.name, p.record.id)] for p in self.prompts}
 
-    def _answer_tokens(self, bank: PolicyBank, version: int, prompts: list[EvalPrompt]) -> list[list[int]]:
-        """Greedy answers' token ids for `prompts`. The base's depend on nothing of the run, so they are read
+    def _answer_texts(self, bank: PolicyBank, version: int, adapter: Path | None,
+                      prompts: list[EvalPrompt]) -> list[tuple[str, int]]:
+        """Greedy answers (text, tokens) for `prompts`. The base's depend on nothing of the run, so they are read
         from (and kept in) the cache under CAI_HOME: a second run of the same model does not regenerate them."""
         keys = [self._base_answer_key(p) if version == 0 else None for p in prompts]
-        tokens = [self.cache.get(BASE_ANSWERS, key) if key else None for key in keys]
-        todo = [i for i, ids in enumerate(tokens) if not isinstance(ids, list)]
+        kept = [self.cache.get(BASE_ANSWERS, key) if key else None for key in keys]
+        answers = [(str(v[0]), int(v[1])) if isinstance(v, list) and len(v) == 2 else None for v in kept]
+        todo = [i for i, answer in enumerate(answers) if answer is None]
         self.base_answers_from_cache += len(prompts) - len(todo)
-        generator = bank.generator(version, name=f"v{version}", batch_size=self.settings.evaluation.batch_size)
+        batch = self.settings.evaluation.batch_size
+        generator = (self.served.policy(version, adapter) if self.served is not None
+                     else bank.generator(version, name=f"v{version}", batch_size=batch))
         with self.reporter.task(f"eval answers of v{version}", len(todo)) as advance:
-            found = self._generate(generator, [prompts[i] for i in todo], advance) if todo else []
-        for i, ids in zip(todo, found, strict=True):
-            tokens[i] = ids
+            found = self._generate(generator, bank.tokenizer, [prompts[i] for i in todo], advance) if todo else []
+        for i, answer in zip(todo, found, strict=True):
+            answers[i] = answer
             if keys[i] is not None:
-                self.cache.put(BASE_ANSWERS, keys[i], ids)
-        return tokens
+                self.cache.put(BASE_ANSWERS, keys[i], list(answer))
+        return answers
 
     def _base_answer_key(self, prompt: EvalPrompt) -> str:
         limit = self.settings.evaluation.max_new_tokens_of(prompt.set)
-        return digest(BASE_ANSWERS, self._base_identity, "greedy", limit, prompt.record.prompt)
+        return digest(BASE_ANSWERS, self._base_identity, self._backend, "greedy", limit, prompt.record.prompt)
+
+    @property
+    def _backend(self) -> str:
+        return "transformers" if self.served is None else self.served.backend
 
     @cached_property
     def _base_identity(self) -> list:
         return self.model_identity(self.settings.model.name)
 
-    def _generate(self, generator: Generator, prompts: list[EvalPrompt], advance) -> list[list[int]]:
-        """Greedy answers' token ids in the order of `prompts`, one batch run per answer limit (a set may have its
-        own)."""
+    def _generate(self, generator: Generator, tokenizer, prompts: list[EvalPrompt],
+                  advance) -> list[tuple[str, int]]:
+        """Greedy answers (text, tokens) in the order of `prompts`, one batch run per answer limit (a set may have
+        its own)."""
         e = self.settings.evaluation
-        tokens: dict[int, list[int]] = {}
+        answers: dict[int, tuple[str, int]] = {}
         for limit in sorted({e.max_new_tokens_of(p.set) for p in prompts}):
             picked = [i for i, p in enumerate(prompts) if e.max_new_tokens_of(p.set) == limit]
-            found = generator.generate_tokens([[{"role": "user", "content": prompts[i].record.prompt}] for i in picked],
-                                              SamplingParams(limit, temperature=0.0), advance)
-            tokens |= dict(zip(picked, found, strict=True))
-        return [tokens[i] for i in range(len(prompts))]
+            conversations = [[{"role": "user", "content": prompts[i].record.prompt}] for i in picked]
+            found = greedy_answers(generator, tokenizer, conversations, limit, advance)
+            answers |= dict(zip(picked, found, strict=True))
+        return [answers[i] for i in range(len(prompts))]
 
     def _classifier(self, judge_generator: Generator) -> tuple[RefusalClassifier, list[ClassifierScore]]:
         """The refusal classifier to use, and the scores of those measured on the labelled set."""
         def judge() -> list:
-            return [*self.model_identity(self.settings.judge.model or self.settings.model.name), judge_generator.name]
+            name = self.settings.judge.model or self.settings.model.name
+            try:
+                files = self.model_identity(name)
+            except ModelNotFoundError:  # a judge only its server has: known by its name there
+                files = [name]
+            return [*files, self._backend, judge_generator.name]
 
         return choose_classifier(self.settings.evaluation.refusal, judge_generator, self.reporter,
                                  JudgeScoreCache(self.cache, judge))
@@ -325,7 +333,7 @@ class Evaluator:
         if candidate == 0:
             return {"kl_vs_reference": 0.0, "kl_vs_previous": 0.0 if previous == 0 else math.nan}
         rows = list(answers.values())
-        batches = _scoring_batches(bank.tokenizer, rows, self.settings.evaluation.kl_batch_size)
+        batches = scoring_batches(bank.tokenizer, rows, self.settings.evaluation.kl_batch_size)
         others = {"kl_vs_reference": lambda: bank.active(0)}
         if previous not in (0, candidate):
             others["kl_vs_previous"] = lambda: bank.active(previous)
@@ -345,42 +353,6 @@ class Evaluator:
         elif previous == candidate:
             metrics["kl_vs_previous"] = 0.0
         return metrics
-
-    def _reward_model_dir(self, candidate: int) -> Path | None:
-        """The reward model a PPO candidate was trained against (None for other trainers)."""
-        with self.store.session() as session:
-            row = session.execute(select(Policy.trainer, Iteration.index).join(
-                Iteration, Policy.iteration_id == Iteration.id).where(
-                Policy.run_id == self.run_id, Policy.version == candidate)).first()
-        if row is None or row.trainer != "ppo":
-            return None
-        directory = self.run_dir / "training" / f"iteration-{row.index}" / "reward_model" / "adapter"
-        return directory if (directory / HEAD_FILE).is_file() else None
-
-    def _reward_divergence(self, directory: Path, candidate: dict[Key, EvalResponse],
-                           previous: dict[Key, EvalResponse], judge_win_rate: float) -> dict[str, float]:
-        """The reward-hacking signal: how often the reward model prefers the candidate's answer over the previous
-        policy's, minus how often the judge does. A policy that learned to please its reward model, not the
-        judge, shows a large positive gap."""
-        model, tokenizer = load_model(resolve_model_dir(self.settings.model.name, self.settings.home),
-                                      dtype=self.settings.model.dtype, device=self.settings.model.device,
-                                      adapter=directory)
-        scorer = RewardModel.load(model, directory).eval()
-
-        device = next(scorer.parameters()).device
-
-        def scores(rows: list[EvalResponse]) -> list[float]:
-            result = []
-            with torch.inference_mode():
-                for batch in _scoring_batches(tokenizer, rows, self.settings.evaluation.kl_batch_size):
-                    result += scorer(batch["input_ids"].to(device), batch["attention_mask"].to(device)).tolist()
-            return result
-
-        with self.reporter.task("reward model on eval answers", None):
-            mine, theirs = scores(list(candidate.values())), scores([previous[k] for k in candidate])
-        rm_wins = _mean([1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(mine, theirs, strict=True)])
-        return {"reward_mean": _mean(mine), "previous_reward_mean": _mean(theirs),
-                "reward_model_win_rate_vs_previous": rm_wins, "reward_judge_divergence": rm_wins - judge_win_rate}
 
     def _violations(self, judge_generator: Generator, answers: dict[Key, EvalResponse]) -> dict[str, float]:
         """Per principle, the share of the candidate's answers the judge says break it (one principle drawn

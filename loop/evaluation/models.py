@@ -7,11 +7,38 @@ another model, the judge.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from policies.models import load_model
+from policies.serving import Conversation, Generator, Progress, SamplingParams
+from policies.serving.control_tokens import restore
 from policies.serving.transformers_backend import TransformersGenerator
+
+
+class ServedPolicies(Protocol):
+    """Policies and the judge on a server (`generation.backend: vllm-server`): a version by its adapter."""
+
+    backend: str  # in the key of the base's cached answers: another backend's greedy answers may differ
+
+    def policy(self, version: int, adapter: Path | None) -> Generator: ...
+
+    def judge(self) -> Generator: ...
+
+
+def greedy_answers(generator: Generator, tokenizer, conversations: Sequence[Conversation], limit: int,
+                   progress: Progress | None = None) -> list[tuple[str, int]]:
+    """Each conversation's greedy answer and its length in tokens: from the token ids where the generator gives
+    them (in-process), else the text's own tokens (a server answers in text)."""
+    params = SamplingParams(limit, temperature=0.0)
+    generate_tokens = getattr(generator, "generate_tokens", None)  # in-process generators have it
+    if generate_tokens is not None:
+        return [(restore(tokenizer.decode(ids, skip_special_tokens=True)).strip(), len(ids))
+                for ids in generate_tokens(conversations, params, progress)]
+    # A served answer comes back restored (`VllmServerGenerator`).
+    return [(text.strip(), len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+            for text in generator.generate(conversations, params, progress)]
 
 
 class PolicyBank:

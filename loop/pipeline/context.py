@@ -106,6 +106,13 @@ class Engines:
         return TransformersGenerator(model, tokenizer, name=self.config.model.name,
                                      batch_size=self.config.judge.batch_size, use_adapter=False)
 
+    def served_evaluation(self) -> vllm_backend.ServedEvaluation | None:
+        """vllm-server: the evaluation's answers and verdicts from this iteration's server; None in-process."""
+        if not self.served:
+            return None
+        return vllm_backend.ServedEvaluation(self.config.generation.server, self.config.model.name, self.run_name,
+                                             self.server, self.specials, self.judge)
+
     def counters(self) -> dict[str, float] | None:
         """The server's cumulative counters (vllm-server), to measure a stage; None for transformers."""
         if not self.served:

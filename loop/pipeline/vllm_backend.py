@@ -10,6 +10,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from loop.config.run import JudgeSettings
@@ -84,6 +85,27 @@ def judge_generator(server: VllmServerSettings, judge: JudgeSettings, model_name
     url = judge.url or url or server.url
     model = judge.model or served_model_name(model_name)
     return _generator(server, url, model, judge.model or model_name, specials)
+
+
+@dataclass(frozen=True)
+class ServedEvaluation:
+    """The evaluation's policies and judge on the server (`loop.evaluation.models.ServedPolicies`): each
+    version's eval answers come from its adapter there, loaded first if the server lacks it."""
+
+    server: VllmServerSettings
+    model_name: str
+    run_name: str
+    url: str | None
+    specials: Sequence[str] | None
+    judge_generator: VllmServerGenerator
+    backend: str = "vllm-server"
+
+    def policy(self, version: int, adapter: Path | None) -> VllmServerGenerator:
+        return policy_generator(self.server, self.model_name, self.run_name, version, adapter, self.url,
+                                specials=self.specials)
+
+    def judge(self) -> VllmServerGenerator:
+        return self.judge_generator
 
 
 def publish(server: VllmServerSettings, store: Store, run_id: int, run_dir: Path) -> str | None:

@@ -24,5 +24,6 @@ def evaluate(ctx: IterationContext) -> None:
             ctx.complete(session)
         return
     ctx.engines.release()  # the evaluation loads the base once, with every policy it needs as an adapter
-    Evaluator.for_run(ctx.config, ctx.store, ctx.run_dir, ctx.run_id, ctx.constitution, ctx.reporter).evaluate(
+    Evaluator.for_run(ctx.config, ctx.store, ctx.run_dir, ctx.run_id, ctx.constitution, ctx.reporter,
+                      served=ctx.engines.served_evaluation()).evaluate(
         candidate, previous, iteration_id=ctx.iteration_id, complete=ctx.complete)

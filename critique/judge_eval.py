@@ -19,7 +19,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from constitution import Constitution
 from critique.injection import CANARIES, Canary, is_injection
 from critique.judge import JudgeMethod, Matchup, Shown, Verdict
+from policies.files import NotUtf8Error, read_utf8
 from policies.serving import Generator
+from policies.serving.text import Text
 
 
 class JudgePairFileError(ValueError):
@@ -34,9 +36,9 @@ class JudgePair(BaseModel):
     category: str
     """The prompt's category: harmful, benign or borderline."""
     principle_id: str
-    prompt: str
-    better: str
-    worse: str
+    prompt: Text
+    better: Text
+    worse: Text
 
     @property
     def better_is_shorter(self) -> bool:
@@ -47,14 +49,19 @@ def load_judge_pairs(path: Path, constitution: Constitution) -> list[JudgePair]:
     """Read a judge set (JSONL); any bad line is reported as FILE:LINE: problem."""
     ids = {p.id for p in constitution.principles}
     pairs, seen = [], set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        lines = read_utf8(path).splitlines()
+    except NotUtf8Error as exc:
+        raise JudgePairFileError(str(exc)) from None
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             pair = JudgePair.model_validate(json.loads(line))
         except (json.JSONDecodeError, ValidationError) as exc:
             first = str(exc).splitlines()[0] if isinstance(exc, json.JSONDecodeError) else \
-                "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                          for e in exc.errors())
             raise JudgePairFileError(f"{path}:{number}: {first}") from exc
         if pair.principle_id not in ids:
             raise JudgePairFileError(f"{path}:{number}: principle_id: no principle {pair.principle_id!r} "

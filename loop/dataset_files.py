@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Tag, field_validator, model_validator
 
+from policies.files import NotUtf8Error, read_utf8
+
 Format = Literal["jsonl", "csv", "parquet", "datasets"]
 RecordField = Literal["id", "prompt", "category", "twin"]
 SUFFIX_FORMATS: dict[str, Format] = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -81,16 +83,18 @@ def with_path(entry: PromptFile, move: Callable[[Path], Path]) -> PromptFile:
 def jsonl_rows(path: Path) -> list[tuple[str, Any]]:
     """(FILE:LINE, the parsed line) for each non-empty line; a line that is not JSON raises naming FILE:LINE."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_utf8(path).splitlines()
     except OSError as exc:
         raise PromptFileError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except NotUtf8Error as exc:
+        raise PromptFileError(str(exc)) from None
     rows = []
     for number, line in enumerate(lines, start=1):
         if line.strip():
             try:
                 rows.append((f"{path}:{number}", json.loads(line)))
             except json.JSONDecodeError as exc:
-                raise PromptFileError(f"{path}:{number}: invalid JSON: {exc.msg}") from exc
+                raise PromptFileError(f"{path}:{number}: invalid JSON at column {exc.colno}: {exc.msg}") from exc
     return rows
 
 

@@ -7,19 +7,20 @@ import hashlib
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from loop.dataset_files import PromptFile, PromptFileError, jsonl_rows, path_of, read_rows
+from policies.serving.text import Text
 from rewards.task_spec import TaskSpec
 
 
 class PromptRecord(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    id: str = Field(min_length=1)
-    prompt: str = Field(min_length=1)
+    id: str = Field(min_length=1, max_length=200)
+    prompt: Annotated[Text, Field(min_length=1)]
     category: str = "uncategorised"
     twin: str | None = None
     """The id of a look-alike prompt of another category (a benign-but-risky request's harmful twin)."""
@@ -35,7 +36,8 @@ def validated(where: str, model: type[Record], data: object) -> Record:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                             for e in exc.errors())
         raise PromptFileError(f"{where}: {problems}") from exc
 
 

@@ -40,3 +40,20 @@ def atomic_write_text(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(staging, path)
+
+
+class NotUtf8Error(ValueError):
+    """A text file with bytes that are not UTF-8; the message names FILE:LINE:COLUMN and the byte."""
+
+
+def read_utf8(path: Path) -> str:
+    """A text file's content; bytes that are not UTF-8 raise NotUtf8Error at their line and column, so a user can
+    find them (Python's own error gives an offset into the whole file)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise NotUtf8Error(f"{path}:{line}:{column}: not UTF-8 text (byte 0x{data[exc.start]:02x}: {exc.reason}); "
+                           "save the file as UTF-8") from None

@@ -53,8 +53,11 @@ def resolve_model_dir(name_or_path: str, cache_dir: Path) -> Path:
     (and a vLLM server) read plain safetensors.
     """
     path = Path(name_or_path).expanduser()
-    if (path / "config.json").is_file():
-        return path
+    try:
+        if (path / "config.json").is_file():
+            return path
+    except OSError:  # not a path this system can look up (a name too long for it): not a model directory
+        pass
     builtin = BUILTIN_MODELS.get(name_or_path)
     if builtin is None:
         known = ", ".join(sorted(BUILTIN_MODELS))

@@ -55,8 +55,20 @@ def raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+MAX_LINE_CHARS = 480
+
+
+def shortened(line: str) -> str:
+    """A line that echoes a huge value (a damaged file's megabyte string) cut in its middle, so it stays a line."""
+    if len(line) <= MAX_LINE_CHARS:
+        return line
+    left_out = len(line) - MAX_LINE_CHARS
+    return f"{line[:MAX_LINE_CHARS - 160]} … ({left_out} characters left out) … {line[-160:]}"
+
+
 def report(message: str, code: int, exc: BaseException | None = None) -> NoReturn:
     """The failure's line(s) on stderr and in cai.log, the traceback only with --debug; exit with `code`."""
+    message = "\n".join(shortened(line) for line in message.splitlines())
     for line in message.splitlines() or [""]:
         console.print("[bold red]error:[/]", escape(line), highlight=False, soft_wrap=True)
     if logging.getLogger().handlers:  # a command without a log would print the line a second time
@@ -75,6 +87,8 @@ def classify(exc: Exception, position: Position | None) -> tuple[str, int]:
     """The line and exit code of a failure: 2 for bad input, 1 for anything else."""
     if isinstance(exc, DatabaseRefused):
         return str(exc), 2 if exc.bad_input else 1
+    if isinstance(exc, ConstitutionError) and len(exc.problems) > 1:  # the first, so a failure stays one line
+        return f"{exc.problems[0]} (and {len(exc.problems) - 1} more: `cai principles check FILE` lists them)", 2
     if isinstance(exc, BAD_INPUT):
         return str(exc), 2
     if isinstance(exc, SELF_EXPLAINING):

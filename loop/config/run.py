@@ -6,24 +6,20 @@ Pydantic only: the trainers' settings come from torch-free modules, so checking 
 
 from __future__ import annotations
 
-import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from loop.config.environment import unknown_variables, variable_for
 from loop.config.section import Section, settings_section
 from loop.config.tracking import TrackingSettings
 from loop.config.training import BudgetSettings, ReplaySettings, WarmStartSettings, grpo_conflicts
-from loop.dataset_files import PromptFile, with_path
+from loop.dataset_files import PromptFile
 from loop.evaluation.gates import GateSettings
 from loop.evaluation.settings import EvaluationSettings
 from policies.adapters import LoraSettings
-from policies.files import atomic_write_text
 from policies.models import DEFAULT_MODEL
 from policies.serving.vllm_server import VllmServerSettings
 from policies.training.settings import (
@@ -327,70 +323,3 @@ class RunConfig(BaseSettings):
             raise ValueError("gates.max_task_accuracy_drop needs an eval set of role task (evaluation.sets): "
                              "task_accuracy_drop is measured on those")
         return self
-
-
-class ConfigError(ValueError):
-    pass
-
-
-def load_run_config(path: Path) -> RunConfig:
-    """Read, validate and resolve a config file; relative paths become absolute against its folder.
-
-    An unknown `CAI_` variable is refused, and a bad value from the environment names its variable.
-    """
-    environ = os.environ
-    unknown = unknown_variables(RunConfig, environ)
-    if unknown:
-        raise ConfigError("\n".join(unknown))
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
-    try:
-        config = RunConfig(**data)
-    except ValidationError as exc:
-        lines = []
-        for e in exc.errors():
-            where = "environment variable " + variable if (variable := variable_for(e["loc"], environ)) else path
-            message = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{where}: {'.'.join(map(str, e['loc'])) or 'config'}: {message}")
-        raise ConfigError("\n".join(lines)) from exc
-    except SettingsError as exc:  # a section's variable that is not valid JSON
-        field = str(exc).split('"')[1] if '"' in str(exc) else ""
-        variable = variable_for([field], environ) if field else None
-        raise ConfigError(f"environment variable {variable or 'CAI_' + field.upper()}: {exc.__cause__ or exc}") \
-            from exc
-    return resolve_paths(config, path.parent)
-
-
-def resolve_paths(config: RunConfig, base: Path) -> RunConfig:
-    def absolute(p: Path) -> Path:
-        return (base / p.expanduser()).resolve()
-
-    constitution = config.constitution
-    if "/" in constitution or constitution.endswith((".yaml", ".yml")):
-        constitution = str(absolute(Path(constitution)))
-    model = config.model
-    if "/" in model.name:
-        model = model.model_copy(update={"name": str(absolute(Path(model.name)))})
-    prompts = config.prompts.model_copy(update={"files": [with_path(f, absolute) for f in config.prompts.files]})
-    judge = config.judge
-    # Only a local judge model is a path; a served model's name may contain "/" (org/model).
-    if judge.model and "/" in judge.model and not config.generation.served:
-        judge = judge.model_copy(update={"model": str(absolute(Path(judge.model)))})
-    evaluation = config.evaluation
-    refusal = evaluation.refusal
-    evaluation = evaluation.model_copy(update={
-        "sets": [s.model_copy(update={"file": with_path(s.file, absolute)}) for s in evaluation.sets],
-        "refusal": refusal.model_copy(update={"labels": refusal.labels and absolute(refusal.labels)}),
-    })
-    return config.model_copy(update={
-        "home": config.home.expanduser().resolve(), "constitution": constitution, "model": model,
-        "prompts": prompts, "judge": judge, "evaluation": evaluation,
-    })
-
-
-def save_run_config(config: RunConfig, path: Path) -> None:
-    atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

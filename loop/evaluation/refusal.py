@@ -25,6 +25,7 @@ from loop.evaluation.stats import precision_recall
 from loop.progress import NullReporter, Reporter
 from loop.prompts import read_jsonl
 from policies.serving import Conversation, Generator, Progress
+from policies.serving.text import Text
 from rewards.refusal import REFUSAL_DETECTORS
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,8 @@ class RefusalLabel(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     id: str = Field(min_length=1)
-    prompt: str
-    response: str
+    prompt: Text
+    response: Text
     refusal: bool
 
 

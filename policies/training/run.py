@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 # The trainer modules register themselves in TRAINERS when imported.
 import policies.training.grpo
@@ -23,7 +24,7 @@ import policies.training.preference
 import policies.training.reward_model
 import policies.training.sft  # noqa: F401
 from policies.adapters import attach_trainable_adapter, save_adapter
-from policies.files import atomic_write_text
+from policies.files import NotUtf8Error, atomic_write_text, read_utf8
 from policies.models import load_model
 from policies.runtime import configure_threads, quiet_model_libraries
 from policies.training.distributed import World, current_world
@@ -76,7 +77,22 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m policies.training SPEC.json", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)r")
-    spec = TrainSpec.model_validate_json(Path(argv[0]).read_text())
+    spec = read_spec(Path(argv[0]))
+    if isinstance(spec, str):  # bad input: one line, exit 2, nothing written
+        print(f"error: {spec[:480]}", file=sys.stderr)
+        return 2
     run(spec)
     return 0
+
+
+def read_spec(path: Path) -> TrainSpec | str:
+    """The spec, or the line that says what is wrong with its file (and where)."""
+    try:
+        return TrainSpec.model_validate_json(read_utf8(path))
+    except OSError as exc:
+        return f"{path}: cannot read the spec: {exc.strerror or exc}"
+    except NotUtf8Error as exc:
+        return str(exc)
+    except ValidationError as exc:
+        return f"{path}: " + "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors())
 

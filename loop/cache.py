@@ -83,9 +83,9 @@ class ResultCache:
 
     def clear(self, kind: str | None = None) -> int:
         """Remove one kind's entries (or all); returns how many were removed."""
-        targets = [self.root / kind] if kind is not None else [self.root / k.kind for k in self.kinds()]
         if kind is not None:
-            self._path(kind, "x")  # the name check
+            self._path(kind, "x")  # the name check: never a folder outside the cache
+        targets = [self.root / kind] if kind is not None else [self.root / k.kind for k in self.kinds()]
         removed = 0
         for directory in targets:
             if directory.is_dir():

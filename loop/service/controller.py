@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 
 from constitution import Constitution, load_constitution_or_last_good
 from loop.config import RunConfig, save_run_config
@@ -39,6 +41,11 @@ from loop.store.shards import describe, done_shards, ensure_claims, shard_count
 from policies.runtime import configure_threads
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Stopped(Exception):
+    """A signal asked the controller to stop while it waited for the database."""
 
 
 @dataclass
@@ -72,11 +79,15 @@ class Controller:
                     worker.start()
                 finished = 0
                 while iterations is None or finished < iterations:
-                    run_id = self._run_id(store)
-                    if run_id is not None and not self._may_go_on(store, lease, run_id, between_iterations=True):
-                        break
-                    constitution = self._constitution(constitution)
-                    if not self._iteration(store, lease, constitution):
+                    try:
+                        run_id = self._through_outages(lambda: self._run_id(store))
+                        if run_id is not None and not self._may_go_on(store, lease, run_id,
+                                                                      between_iterations=True):
+                            break
+                        constitution = self._constitution(constitution)
+                        if not self._iteration(store, lease, constitution):
+                            break
+                    except Stopped:
                         break
                     finished += 1
                 return finished
@@ -111,23 +122,11 @@ class Controller:
         """Obey the operator and the gates: wait while paused or halted; False to stop (acknowledged)."""
         said: str | None = None
         while True:
-            with store.session() as session:
-                lease.fence(session)
-                if between_iterations:
-                    for move in control.apply_moves(session, run_id):
-                        log.info("operator %s applied: %s", move.action, move.outcome)
-                state = control.run_state(session, run_id)
-                if state == "stopping":
-                    control.acknowledge_stop(session, run_id)
-                    self.stopped_by = "operator"
-                    log.info("stopped by an operator (`cai stop`)")
-                    return False
-                halt = None
-                if between_iterations:
-                    try:
-                        ensure_not_halted(session, run_id)
-                    except RunHalted as exc:
-                        halt = str(exc)
+            state, halt = self._through_outages(lambda: self._look(store, lease, run_id, between_iterations))
+            if state == "stopping":
+                self.stopped_by = "operator"
+                log.info("stopped by an operator (`cai stop`)")
+                return False
             if state == "running" and halt is None:
                 if said is not None:
                     log.info("resumed")
@@ -138,6 +137,27 @@ class Controller:
                 said = why
             if not self._wait():
                 return False
+
+    @staticmethod
+    def _look(store: Store, lease: Lease, run_id: int, between_iterations: bool) -> tuple[str, str | None]:
+        """The run's state and halt (between iterations), after applying the operator's moves and acknowledging a
+        stop, in one transaction."""
+        with store.session() as session:
+            lease.fence(session)
+            if between_iterations:
+                for move in control.apply_moves(session, run_id):
+                    log.info("operator %s applied: %s", move.action, move.outcome)
+            state = control.run_state(session, run_id)
+            if state == "stopping":
+                control.acknowledge_stop(session, run_id)
+                return state, None
+            halt = None
+            if between_iterations:
+                try:
+                    ensure_not_halted(session, run_id)
+                except RunHalted as exc:
+                    halt = str(exc)
+        return state, halt
 
     def _open(self, store: Store, constitution: Constitution) -> tuple[int, int, int, Constitution]:
         """The unfinished iteration with the constitution it began with, or a new one with `constitution`."""
@@ -153,7 +173,7 @@ class Controller:
         return run_id, iteration_id, index, constitution
 
     def _iteration(self, store: Store, lease: Lease, constitution: Constitution) -> bool:
-        run_id, iteration_id, index, constitution = self._open(store, constitution)
+        run_id, iteration_id, index, constitution = self._through_outages(lambda: self._open(store, constitution))
         self.position.iteration = index
         ctx = IterationContext(config=self.config, store=store, run_dir=self.run_dir, run_id=run_id,
                                iteration_id=iteration_id, iteration_index=index, constitution=constitution,
@@ -169,7 +189,7 @@ class Controller:
             if not self._may_go_on(store, lease, run_id, between_iterations=False):
                 return False
         self.position.stage = None
-        _finish(ctx)
+        self._through_outages(lambda: _finish(ctx))
         log.info("iteration %d finished in %.1f s", index, time.perf_counter() - started)
         if self.on_iteration is not None:
             with store.session() as session:
@@ -178,27 +198,9 @@ class Controller:
 
     def _stage(self, store: Store, lease: Lease, iteration_id: int, index: int, stage: Stage) -> bool:
         """Send the stage's shards and wait until all are done; False when stopped first."""
-        service = self.config.service
         reported = -1
         while True:
-            now = time.time()
-            with store.session() as session:
-                lease.fence(session)
-                shards = shard_count(session, iteration_id, stage.name, service.shard_size,
-                                     by_samples=stage.sharded_by_samples)
-                claims = ensure_claims(session, iteration_id, stage.name, shards)
-                done = done_shards(session, iteration_id, stage.name)
-                due = []
-                for c in claims:
-                    if c.shard in done:
-                        continue
-                    free = c.owner is None or c.expires_at < now
-                    if free and c.attempts >= service.max_attempts:
-                        raise ShardFailed(f"{describe(stage.name, c.shard, shards, index)} failed {c.attempts} times; "
-                                          f"last error: {c.error or 'its worker stopped'}")
-                    expired_unsent = c.owner is not None and c.expires_at < now and c.sent_at < c.expires_at
-                    if c.sent_at == 0 or expired_unsent or (free and now - c.sent_at > service.requeue_after_s):
-                        due.append(c)
+            shards, done, due = self._through_outages(lambda: self._due(store, lease, iteration_id, index, stage))
             if len(done) != reported:
                 log.info("stage %s of iteration %d: %d/%d shards done", stage.name, index, len(done), shards)
                 reported = len(done)
@@ -207,6 +209,52 @@ class Controller:
             self._send(store, stage, due)
             if not self._wait():
                 return False
+
+    def _due(self, store: Store, lease: Lease, iteration_id: int, index: int, stage: Stage) -> tuple[int, set, list]:
+        """(shards, the done ones, the claims to send now) of a stage, in one look at the database."""
+        service, now = self.config.service, time.time()
+        with store.session() as session:
+            lease.fence(session)
+            shards = shard_count(session, iteration_id, stage.name, service.shard_size,
+                                 by_samples=stage.sharded_by_samples)
+            claims = ensure_claims(session, iteration_id, stage.name, shards)
+            done = done_shards(session, iteration_id, stage.name)
+            due = []
+            for c in claims:
+                if c.shard in done:
+                    continue
+                free = c.owner is None or c.expires_at < now
+                if free and c.attempts >= service.max_attempts:
+                    raise ShardFailed(f"{describe(stage.name, c.shard, shards, index)} failed {c.attempts} times; "
+                                      f"last error: {c.error or 'its worker stopped'}")
+                expired_unsent = c.owner is not None and c.expires_at < now and c.sent_at < c.expires_at
+                if c.sent_at == 0 or expired_unsent or (free and now - c.sent_at > service.requeue_after_s):
+                    due.append(c)
+        return shards, done, due
+
+    @staticmethod
+    def _mark_sent(store: Store, claim_id: int) -> None:
+        with store.session() as session:
+            session.execute(update(ShardClaim).where(ShardClaim.id == claim_id).values(sent_at=time.time()))
+
+    def _through_outages(self, work: Callable[[], T]) -> T:
+        """`work()`, tried again every poll while the database is unreachable (a restart, a failover): in-flight
+        shards are the workers' and their claims', so waiting loses nothing. Raises Stopped on a signal."""
+        down_since = None
+        while True:
+            try:
+                result = work()
+            except OperationalError as exc:
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning("the database is unreachable (%s); trying again every %g s",
+                                str(exc.orig or exc).strip().splitlines()[0], self.config.service.poll_s)
+                if not self._wait():
+                    raise Stopped() from None
+                continue
+            if down_since is not None:
+                log.info("the database is back after %.0f s", time.monotonic() - down_since)
+            return result
 
     def _send(self, store: Store, stage: Stage, due: list) -> None:
         """Send each due shard's message to its stage's queue; a broker that is down now is retried at the next
@@ -218,5 +266,4 @@ class Controller:
             except Exception as exc:  # redis.ConnectionError and the like: nothing is marked sent
                 log.warning("could not send %s shard %d to the broker (%s); retrying", stage.name, c.shard, exc)
                 return
-            with store.session() as session:
-                session.execute(update(ShardClaim).where(ShardClaim.id == c.id).values(sent_at=time.time()))
+            self._through_outages(lambda c=c: self._mark_sent(store, c.id))

@@ -27,6 +27,10 @@ class Store:
         options: dict[str, Any] = {"creator": creator} if creator else {}
         if poolclass is not None:
             options["poolclass"] = poolclass
+        if not url.startswith("sqlite"):
+            # A server restarted under a long-running process leaves dead pooled connections: each checkout is
+            # tested, so the first transaction after the restart gets a fresh one instead of failing.
+            options["pool_pre_ping"] = True
         self.engine: Engine = create_engine(url, **options)
         if self.engine.dialect.name == "sqlite" and not read_only:
             event.listen(self.engine, "connect", _sqlite_pragmas)

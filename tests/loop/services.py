@@ -1,14 +1,17 @@
-"""Real services for tests: a fresh PostgreSQL database, and a private redis-server that a test may restart."""
+"""Real services for tests: a fresh PostgreSQL database, and a private redis-server and PostgreSQL server that a
+test may restart."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,3 +92,57 @@ def redis_server(folder: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@dataclass
+class PostgresServer:
+    """A PostgreSQL cluster of the test's own (initdb in a temporary folder) that a test may restart; run as the
+    `postgres` account when the tests run as root (PostgreSQL refuses root)."""
+
+    folder: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *command: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*prefix, *command], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       timeout=120)
+
+    def init(self) -> None:
+        self._run("initdb", "-D", str(self.folder / "data"), "-U", "postgres", "-A", "trust", "--no-sync")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.folder / "data"), "-l", str(self.folder / "server.log"), "-o", options,
+                  "-w", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.folder / "data"), "-m", "fast", "-w", "stop")
+
+
+@contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server, started; skips the test where initdb is missing or cannot run here."""
+    pytest.importorskip("psycopg")
+    if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
+        pytest.skip("PostgreSQL's initdb and pg_ctl are not installed")
+    # Not under pytest's tmp_path: its parent is private to this user, and the server runs as `postgres`.
+    folder = Path(tempfile.mkdtemp(prefix="cai-postgres-"))
+    server = PostgresServer(folder, _free_port())
+    try:
+        if os.geteuid() == 0:
+            shutil.chown(folder, "postgres", "postgres")
+        server.init()
+        server.start()
+    except (subprocess.CalledProcessError, LookupError, OSError) as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.skip(f"could not start a private PostgreSQL server: {getattr(exc, 'stderr', None) or exc}")
+    try:
+        yield server
+    finally:
+        with suppress(subprocess.CalledProcessError):
+            server.stop()
+        shutil.rmtree(folder, ignore_errors=True)

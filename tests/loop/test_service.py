@@ -36,7 +36,7 @@ from loop.store import (
 from loop.store.database import open_run_store
 from loop.store.shards import ShardLost, claim, done_shards, ensure_claims
 from tests.loop.runs import ROOT, cai_command, cai_env, run_cai, tiny_config, write_config
-from tests.loop.services import postgres_database, redis_server
+from tests.loop.services import postgres_database, postgres_server, redis_server
 
 STEP_TIMEOUT_S = 240
 """Bound on each wait: a process start, a point in the iteration, an exit."""
@@ -267,23 +267,47 @@ def test_a_second_controller_is_refused_and_sigterm_stops_the_first(tmp_path, se
             _stop(first)
 
 
+def _restart_mid_iteration(service: Service, restart, what: str) -> dict[str, int]:
+    """One iteration by a controller and a worker, with `restart()` once two shards are done; the counts."""
+    controller, worker = service.controller(), service.worker()
+    try:
+        deadline = time.monotonic() + STEP_TIMEOUT_S
+        while service.progress() < 2:
+            assert controller.poll() is None and time.monotonic() < deadline, service.log(1)
+            time.sleep(0.1)
+        restart()
+        assert _wait_exit(controller, f"the iteration after the {what} restart") == 0, service.log(1)
+        return service.counts()
+    finally:
+        _stop(controller, worker)
+
+
 @pytest.mark.slow
 def test_a_redis_restart_mid_iteration_loses_nothing(tmp_path, service_config, uninterrupted):
+    def restart() -> None:
+        redis.stop()  # every queued message is lost with it
+        time.sleep(2.0)
+        redis.start()
+
     with redis_server(tmp_path / "redis") as redis, postgres_database("cai_service_test") as database:
-        service = Service(tmp_path, service_config, redis.url, database)
-        controller, worker = service.controller(), service.worker()
-        try:
-            deadline = time.monotonic() + STEP_TIMEOUT_S
-            while service.progress() < 2:
-                assert controller.poll() is None and time.monotonic() < deadline, service.log(1)
-                time.sleep(0.1)
-            redis.stop()  # every queued message is lost with it
-            time.sleep(2.0)
-            redis.start()
-            assert _wait_exit(controller, "the iteration after the Redis restart") == 0, service.log(1)
-            counts = service.counts()
-        finally:
-            _stop(controller, worker)
+        counts = _restart_mid_iteration(Service(tmp_path, service_config, redis.url, database), restart, "Redis")
+    assert counts == uninterrupted
+
+
+@pytest.mark.slow
+def test_a_postgresql_restart_mid_iteration_loses_nothing(tmp_path, service_config, uninterrupted):
+    """The database server stopped and started again while shards run: the controller waits for it (and says
+    so), the workers' shards that failed meanwhile are claimed again, and the counts are the uninterrupted run's."""
+    def restart() -> None:
+        postgres.stop()
+        time.sleep(3.0)  # several polls of the controller and the workers meet no database
+        postgres.start()
+
+    with redis_server(tmp_path / "redis") as redis, postgres_server() as postgres:
+        service = Service(tmp_path, service_config, redis.url, postgres.url)
+        counts = _restart_mid_iteration(service, restart, "PostgreSQL")
+    logged = (service.run_dir / "cai.log").read_text()
+    assert "the database is unreachable" in logged and "the database is back after" in logged
     assert counts == uninterrupted
 
 

@@ -150,9 +150,10 @@ class _Handler(BaseHTTPRequestHandler):
 class FakeVllmServer:
     """`with FakeVllmServer(FakeVllm()) as server:` serves the fake at `server.url` until the block ends."""
 
-    def __init__(self, fake: FakeVllm):
+    def __init__(self, fake: FakeVllm, port: int = 0):
+        """`port`: 0 for a free one; an earlier server's port to stand for that server restarted."""
         self.fake = fake
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
         self.httpd.fake = fake  # type: ignore[attr-defined]
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,10 +58,11 @@ def _admin(s: VllmServerSettings, url: str | None = None) -> VllmAdmin:
     return VllmAdmin(url or s.url, timeout_s=min(s.timeout_s, 60.0), retries=s.retries, backoff_s=s.backoff_s)
 
 
-def _generator(s: VllmServerSettings, url: str, model: str, name: str,
-               specials: Sequence[str] | None) -> VllmServerGenerator:
+def _generator(s: VllmServerSettings, url: str, model: str, name: str, specials: Sequence[str] | None,
+               on_restart: Callable[[], object] | None = None) -> VllmServerGenerator:
     return VllmServerGenerator(url, model, name=name, concurrency=s.concurrency, timeout_s=s.timeout_s,
-                               retries=s.retries, backoff_s=s.backoff_s, specials=specials)
+                               retries=s.retries, backoff_s=s.backoff_s, specials=specials, on_restart=on_restart,
+                               outage_s=s.outage_s)
 
 
 def policy_generator(server: VllmServerSettings, model_name: str, run_name: str, version: int, adapter: Path | None,
@@ -70,12 +71,17 @@ def policy_generator(server: VllmServerSettings, model_name: str, run_name: str,
     loaded first if the server lacks it (a restarted server has none), or the base model for version 0.
     `specials`: the model's control-token strings, neutralised in what is sent (`control_tokens`)."""
     url = url or server.url
-    model = served_model_name(model_name)
-    if adapter is not None:
-        model = adapter_name(run_name, version, adapter)
+    if adapter is None:
+        return _generator(server, url, served_model_name(model_name), f"{model_name}@v{version}", specials)
+    model = adapter_name(run_name, version, adapter)
+
+    def publish_adapter() -> None:
         if _admin(server, url).ensure_adapter(model, adapter.resolve()):
             log.info("published policy v%d as %s on %s", version, model, url)
-    return _generator(server, url, model, f"{model_name}@v{version}", specials)
+
+    publish_adapter()
+    # A restarted server has lost the adapter: it is loaded again before the interrupted call is repeated.
+    return _generator(server, url, model, f"{model_name}@v{version}", specials, on_restart=publish_adapter)
 
 
 def judge_generator(server: VllmServerSettings, judge: JudgeSettings, model_name: str,

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -36,6 +37,7 @@ __all__ = ["ServedModel", "ServerError", "ServerUnavailableError", "UnknownModel
            "VllmServerGenerator", "parse_prometheus"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TOP_LOGPROBS = 20
 """vLLM's default `--max-logprobs`: the most alternatives one request may ask for."""
@@ -71,13 +73,40 @@ class VllmServerGenerator:
 
     def __init__(self, url: str, model: str, *, name: str | None = None, concurrency: int = 16,
                  timeout_s: float = 300.0, retries: int = 3, backoff_s: float = 0.5,
-                 transport: httpx.AsyncBaseTransport | None = None, specials: Sequence[str] | None = None):
+                 transport: httpx.AsyncBaseTransport | None = None, specials: Sequence[str] | None = None,
+                 on_restart: Callable[[], object] | None = None, outage_s: float = 0.0):
         self.model = model
         self.name = name or model
         self.specials = tuple(COMMON_SPECIALS if specials is None else specials)
         self.http = ServerHttp(url, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s,
                                concurrency=concurrency, transport=transport)
         self._checked_choices: set[str] = set()
+        self.on_restart = on_restart
+        """Called when the server is back after an outage (a restarted server has no adapters): load ours."""
+        self.outage_s = outage_s
+        """How long a call waits for a server that stopped answering (or lost our adapter) to come back; 0: not."""
+
+    def _through_restarts(self, call: Callable[[], T]) -> T:
+        """`call()`; if the server went away (or came back without our adapter), wait up to `outage_s` for its
+        /health, let `on_restart()` restore what it lost, and make the whole call again (none of its replies was
+        returned yet)."""
+        deadline = time.monotonic() + self.outage_s
+        while True:
+            try:
+                return call()
+            except (ServerUnavailableError, UnknownModelError) as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("the vLLM server at %s failed a call (%s); waiting for it to come back",
+                            self.http.url, str(exc).split(". ")[0])
+                admin = VllmAdmin(self.http)
+                while not admin.ready():
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(min(2.0, max(0.05, self.http.backoff_s)))
+                if self.on_restart is not None:
+                    self.on_restart()
+                log.info("the vLLM server at %s is back; repeating the call", self.http.url)
 
     @property
     def usage(self) -> Usage:
@@ -112,7 +141,8 @@ class VllmServerGenerator:
             if progress:
                 progress(len(targets))
 
-        self.http.run(lambda client: self._dispatch(self.http.openai(client), unique, unique, one))
+        self._through_restarts(lambda: self.http.run(
+            lambda client: self._dispatch(self.http.openai(client), unique, unique, one)))
         return outputs
 
     def choice_logprobs(self, conversations: Sequence[Conversation], choices: Sequence[str],
@@ -131,7 +161,7 @@ class VllmServerGenerator:
             keys = [_conversation_key(c) for c in conversations]
             await self._dispatch(self.http.openai(client), keys, list(range(len(conversations))), one)
 
-        self.http.run(work)
+        self._through_restarts(lambda: self.http.run(work))
         return scores
 
     def models(self) -> list[str]:

@@ -46,6 +46,10 @@ class VllmServerSettings(BaseModel):
     completions retry on the openai client's own schedule (0.5 s doubling to 8 s, or the server's Retry-After)."""
     keep_adapters: int = Field(default=3, ge=1)
     """Policy adapters of a run kept loaded (the newest, always including the current one)."""
+    outage_s: float = Field(default=900, ge=0)
+    """How long a stage waits for a server that stopped answering (restarted, say) to answer /health again; the
+    policy's adapter, which a restarted server has lost, is then loaded again and the call repeated. 0: fail at
+    the first unanswered call (after `retries`)."""
     # The rest is used by `cai serve` only.
     kv_cache_gib: int = Field(default=4, ge=1)
     """VLLM_CPU_KVCACHE_SPACE: memory for the KV cache (and so the prefix cache)."""

@@ -211,3 +211,42 @@ def test_the_backend_is_switched_in_the_config_or_the_environment(tmp_path, monk
     path.write_text(path.read_text() + "judge:\n  url: http://127.0.0.1:9000\n")
     with pytest.raises(ConfigError, match="judge.url is only used with generation.backend: vllm-server"):
         load_run_config(path)
+
+
+def test_a_restarted_server_is_waited_for_and_given_the_adapter_again(tmp_path, caplog):
+    """The server goes away before a stage's call and comes back on the same port without the adapters it had:
+    the call waits for /health, loads the policy's adapter again and is repeated, and the answer is the policy's."""
+    import threading
+    import time
+
+    from loop.pipeline.vllm_backend import policy_generator
+    from policies.serving import SamplingParams
+    from policies.serving.vllm_server import VllmServerSettings
+
+    adapter = tmp_path / "v1"
+    adapter.mkdir()
+    first = FakeVllm(base="base")
+    server = FakeVllmServer(first).__enter__()
+    port = int(server.url.rsplit(":", 1)[1])
+    settings = VllmServerSettings(url=server.url, retries=1, backoff_s=0.01, outage_s=30)
+    generator = policy_generator(settings, "base", "run", 1, adapter)
+    assert len(first.adapters) == 1
+    server.__exit__(None, None, None)  # gone, and with it every loaded adapter
+
+    restarted, servers = FakeVllm(base="base"), []
+
+    def come_back() -> None:
+        time.sleep(1.0)
+        servers.append(FakeVllmServer(restarted, port).__enter__())
+
+    threading.Thread(target=come_back, daemon=True).start()
+    with caplog.at_level(logging.INFO):
+        reply = generator.generate([[{"role": "user", "content": "Say hi."}]], SamplingParams(8))
+    servers[0].__exit__(None, None, None)
+    assert list(restarted.adapters) == [generator.model] and generator.model.startswith("run-v1-")
+    assert f"[{generator.model}]" in reply[0]  # answered by the adapter, after it was loaded again
+    assert "waiting for it to come back" in caplog.text and "is back; repeating the call" in caplog.text
+    settings_without = settings.model_copy(update={"outage_s": 0.0})
+    quick = policy_generator(settings_without, "base", "run", 0, None)
+    with pytest.raises(Exception, match="Is the vLLM server running"):
+        quick.generate([[{"role": "user", "content": "Say hi."}]], SamplingParams(8))  # nothing to wait for

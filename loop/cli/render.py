@@ -99,9 +99,11 @@ def render_summary(summary: dict[str, Any]) -> None:
                 table.add_row("", name, fmt(evaluation["metrics"][name]), "")
         kept = evaluation["metrics"]
         if kept.get("base_answers_from_cache") or kept.get("refusal_judge_scores_cached"):
-            table.add_row("", "read from the cache (cai cache list)",
-                          f"base answers {fmt(kept.get('base_answers_from_cache', 0.0))} · judge's refusal "
-                          f"scores {'yes' if kept.get('refusal_judge_scores_cached') else 'no'}", "")
+            # Short cells: a narrow terminal squeezes the whole table for the widest one.
+            cached = [f"{fmt(kept['base_answers_from_cache'])} base answers"] if kept.get("base_answers_from_cache") \
+                else []
+            cached += ["judge scores"] if kept.get("refusal_judge_scores_cached") else []
+            table.add_row("", "from the cache", " + ".join(cached), "")
     if gate:
         table.add_row("gates", f"[bold]{gate['outcome']}[/] {gate['candidate'] or ''}",
                       f"current {gate['current_policy']}", "")

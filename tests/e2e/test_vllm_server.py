@@ -66,7 +66,7 @@ def test_an_iteration_runs_through_the_server(vllm_served, iterated):
     assert summary["pairs"] >= 1 and summary["pairs"] + dropped == 3, summary["sampler"]
     assert summary["policy_version"] == "v1"
     serving = summary["serving"]
-    assert set(serving) == {"generate", "critique", "judge"}
+    assert set(serving) == {"generate", "critique", "judge", "evaluate"}  # the evaluation's answers are served too
     assert all(0 <= stage["prefix_cache_hit_rate"] <= 1 for stage in serving.values())
     # The judge's two orders of a comparison share their instructions and request: the cache serves them.
     assert serving["judge"]["prefix_cache_hit_rate"] > 0.1

@@ -7,6 +7,7 @@ The failures are classified by their type. Every module they come from is torch-
 
 from __future__ import annotations
 
+import errno
 import logging
 import traceback
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from loop.prompts import PromptFileError
 from loop.service.broker import BrokerUnreachable, BrokerURLError, ShardFailed
 from loop.store.database import DatabaseRefused
 from loop.store.lease import LeaseHeld, LeaseLost
+from loop.store.session import database_problem
 from policies.models import ModelNotFoundError
 from policies.serving.vllm_client import ServerError
 from policies.training.launcher import TrainingFailed
@@ -83,6 +85,27 @@ def fail(message: str) -> NoReturn:
     report(message, 2)
 
 
+DISK_FULL = ("No space left on device", "database or disk is full", "Disk quota exceeded")
+"""How a full disk reads in an OSError, in SQLite's error and in a trainer's last line."""
+
+
+def disk_full(exc: BaseException) -> str | None:
+    """What could not be written, if the failure or one it arose from is a full disk; else None. The first such
+    failure in the chain says it: once the trainer fails on a full disk, the database's write fails too."""
+    chain = []
+    while exc is not None:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    for exc in reversed(chain):
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"cannot write {exc.filename}" if exc.filename else exc.strerror or str(exc)
+        if isinstance(exc, TrainingFailed) and any(marker in str(exc) for marker in DISK_FULL):
+            return f"the trainer could not write its checkpoint or adapter ({str(exc).split('; log: ')[0]})"
+        if any(marker in str(exc) for marker in DISK_FULL):
+            return database_problem(exc)
+    return None
+
+
 def classify(exc: Exception, position: Position | None) -> tuple[str, int]:
     """The line and exit code of a failure: 2 for bad input, 1 for anything else."""
     if isinstance(exc, DatabaseRefused):
@@ -93,6 +116,9 @@ def classify(exc: Exception, position: Position | None) -> tuple[str, int]:
         return str(exc), 2
     if isinstance(exc, SELF_EXPLAINING):
         return str(exc), 1
+    if (full := disk_full(exc)) is not None:
+        where = f" during {position.describe()}" if position is not None else ""
+        return f"the disk is full{where}: {full}; free some space and run the same command again to resume", 1
     if isinstance(exc, TrainingFailed):
         FAILURES.info("last lines of the trainer's log:\n%s", "\n".join(exc.tail))
         where = f" in {position.describe()}" if position is not None else ""

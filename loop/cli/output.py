@@ -27,6 +27,10 @@ class _RunLog(logging.FileHandler):
         if self.run_dir.is_dir():
             super().emit(record)
 
+    def handleError(self, record: logging.LogRecord) -> None:
+        """A line the log cannot take (a full disk) is dropped: the terminal gets the failure's one line, not a
+        logging traceback per record."""
+
 
 def setup_logging(run_dir: Path | None) -> None:
     terminal = RichHandler(console=console, level=logging.WARNING, show_path=False)

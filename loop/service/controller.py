@@ -37,6 +37,7 @@ from loop.store import Iteration, ShardClaim, Store
 from loop.store.database import open_run_store
 from loop.store.lease import Lease, acquire
 from loop.store.queries import latest_inputs, run_row
+from loop.store.session import database_problem
 from loop.store.shards import describe, done_shards, ensure_claims, shard_count
 from policies.runtime import configure_threads
 
@@ -248,7 +249,7 @@ class Controller:
                 if down_since is None:
                     down_since = time.monotonic()
                     log.warning("the database is unreachable (%s); trying again every %g s",
-                                str(exc.orig or exc).strip().splitlines()[0], self.config.service.poll_s)
+                                database_problem(exc), self.config.service.poll_s)
                 if not self._wait():
                     raise Stopped() from None
                 continue

@@ -18,7 +18,7 @@ from loop.pipeline.stages import STAGES
 from loop.progress import NullReporter
 from loop.store import ConstitutionVersion, Iteration, Run, Store, queries
 from loop.store.database import open_run_store
-from loop.store.shards import claim, describe
+from loop.store.shards import ShardLost, claim, describe
 from policies.runtime import configure_threads
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,9 @@ class ShardRunner:
         return engines
 
     def run(self, run_dir: Path, run_name: str, iteration_id: int, stage: str, shard: int) -> str:
-        """'done', or 'skipped' when the shard is done already or a live worker holds it (the message is then
-        acknowledged and dropped: the controller re-sends a shard whose claim expires)."""
+        """'done', 'skipped' when the shard is done already or a live worker holds it (the message is then
+        acknowledged and dropped: the controller re-sends a shard whose claim expires), or 'lost' when this worker
+        was held up past its claim and another took the shard over (its work is not recorded)."""
         with self._lock:  # one shard at a time per process: the engines are shared
             return self._run(run_dir, run_name, iteration_id, stage, shard)
 
@@ -101,6 +102,9 @@ class ShardRunner:
             log.info("%s starting (attempt %d)", describe(stage, shard, ctx.shards, ctx.iteration_index), held.attempt)
             ctx.begin(stage)
             STAGES[stage].run(ctx)
+        except ShardLost as exc:  # paused past the claim: the shard is another worker's; nothing to retry
+            log.warning("%s", exc)
+            return "lost"
         except BaseException as exc:
             first = (str(exc).strip().splitlines() or [""])[0]
             try:

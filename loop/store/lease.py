@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from loop.store.models import RunLease
-from loop.store.session import Store
+from loop.store.session import Store, database_problem
 from policies.processes import pid_alive, process_started_at
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class Lease:
                     log.error("%s", exc)
                     return
                 except Exception as exc:  # a busy or briefly unreachable database: the next beat retries
-                    log.warning("lease heartbeat failed: %s", exc)
+                    log.warning("lease heartbeat failed: %s", database_problem(exc))
 
         self._thread = threading.Thread(target=beat, name=f"lease-{self.run}", daemon=True)
         self._thread.start()

@@ -71,6 +71,11 @@ class Store:
         self.engine.dispose()
 
 
+def database_problem(exc: BaseException) -> str:
+    """The driver's own first line of a database error, without SQLAlchemy's statement and link lines."""
+    return (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0]
+
+
 def _sqlite_pragmas(connection, _record) -> None:
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from loop.store.models import Sample, ShardClaim, StageRun
 from loop.store.queries import count
-from loop.store.session import Store
+from loop.store.session import Store, database_problem
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +117,10 @@ class Claim:
             while not self._stop.wait(every):
                 try:
                     self.heartbeat()
-                except ShardLost as exc:
-                    log.error("%s", exc)
+                except ShardLost:  # the recording transaction's fence says so, and records nothing
                     return
                 except Exception as exc:  # a database blip: the next beat retries, well within the lease
-                    log.warning("shard heartbeat failed: %s", exc)
+                    log.warning("shard heartbeat failed: %s", database_problem(exc))
 
         self._thread = threading.Thread(target=beat, name=f"shard-{self.claim_id}", daemon=True)
         self._thread.start()

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -86,14 +87,15 @@ def launch(spec: TrainSpec, *, launcher: Launcher = "python", processes: int = 1
     tail: deque[str] = deque(maxlen=60)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_PID_VARIABLE: str(os.getpid())}
     pid_file = spec.output_dir / PID_FILE
-    with open(log_path, "a", encoding="utf-8") as log_file:
+    with open(log_path, "a", encoding="utf-8", buffering=1) as log_file:  # each line written (or not) at once
         process = subprocess.Popen(command(spec_path, launcher, processes), stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
         try:
             atomic_write_text(pid_file, json.dumps({"host": socket.gethostname(), "pid": process.pid}))
             assert process.stdout is not None
             for line in process.stdout:
-                log_file.write(line)
+                with suppress(OSError):  # a full disk must not hide the trainer's own error: the tail keeps it
+                    log_file.write(line)
                 tail.append(line.rstrip())
                 if line.startswith(PREFIX) and on_progress:
                     on_progress(json.loads(line[len(PREFIX):]))

@@ -216,3 +216,30 @@ def test_debug_shows_the_traceback(run, tmp_path):
     result = invoke("iterate", "--config", str(bad), "--run-dir", str(run_dir), env={"CAI_DEBUG": "1"})
     assert result.exit_code == 2 and "Traceback" in result.stderr
     assert os.environ.get("CAI_DEBUG") is None
+
+
+def test_a_full_disk_is_named_by_its_first_failure():
+    import errno
+
+    from sqlalchemy.exc import OperationalError
+
+    from loop.cli.errors import classify
+    from loop.progress import Position
+    from policies.training.launcher import TrainingFailed
+
+    trainer = TrainingFailed("preference training exited with code 1: OSError: [Errno 28] No space left on device; "
+                             "log: run/train.log", [])
+    database = OperationalError("UPDATE runs ...", {}, Exception("database or disk is full"))
+    database.__context__ = trainer  # recording the trainer's failure met the same full disk
+    line, code = classify(database, Position(iteration=2, stage="train"))
+    assert code == 1
+    assert line == ("the disk is full during stage train of iteration 2: the trainer could not write its "
+                    "checkpoint or adapter (preference training exited with code 1: OSError: [Errno 28] No space "
+                    "left on device); "
+                    "free some space and run the same command again to resume")
+    line, _ = classify(OSError(errno.ENOSPC, "No space left on device", "run/policies/v2"), None)
+    assert line == "the disk is full: cannot write run/policies/v2; free some space and run the same command again " \
+                   "to resume"
+    sqlite = OperationalError("SELECT 1", {}, Exception("database or disk is full"))
+    assert classify(sqlite, None)[0].startswith("the disk is full: database or disk is full;")
+    assert classify(OSError(errno.EACCES, "Permission denied"), None)[0].startswith("PermissionError")

@@ -8,38 +8,22 @@ restart that loses every queued message.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from loop.store import (
-    Comparison,
-    Critique,
-    Iteration,
-    Pair,
-    Policy,
-    Run,
-    RunLease,
-    Sample,
-    ShardClaim,
-    StageRun,
-    Store,
-)
-from loop.store.database import open_run_store
+from loop.store import Iteration, Run, ShardClaim, StageRun, Store
 from loop.store.shards import ShardLost, claim, done_shards, ensure_claims
 from tests.loop.runs import ROOT, cai_command, cai_env, run_cai, tiny_config, write_config
+from tests.loop.service_runs import STEP_TIMEOUT_S, Service, run_counts, stop, wait_exit
 from tests.loop.services import postgres_database, postgres_server, redis_server
 
-STEP_TIMEOUT_S = 240
-"""Bound on each wait: a process start, a point in the iteration, an exit."""
 KILLS = 10
 SERVICE = {"shard_size": 1, "shard_lease_s": 3.0, "requeue_after_s": 3.0, "poll_s": 0.2, "max_attempts": 50}
 """One sample per shard (3 shards per sampled stage); a killed worker's shard is handed out again after 3 s."""
@@ -93,32 +77,6 @@ def test_a_shard_cannot_be_recorded_done_twice(store):
 # --- the service, with real processes ---------------------------------------------------------------------------
 
 
-def _counts(run_dir: Path, env: dict[str, str]) -> dict[str, int]:
-    """Row counts of what an iteration records, and the number of duplicated output keys (must be 0)."""
-    os.environ.update({k: v for k, v in env.items() if k.startswith("CAI_")})
-    try:
-        store = open_run_store(run_dir, write=False)
-    finally:
-        for k in env:
-            if k.startswith("CAI_"):
-                os.environ.pop(k, None)
-    with store.session() as s:
-        counts = {model.__tablename__: s.scalar(select(func.count()).select_from(model))
-                  for model in (Iteration, Sample, Critique, Comparison, Pair, Policy)}
-        counts["iterations_done"] = s.scalar(select(func.count()).select_from(Iteration)
-                                             .where(Iteration.status == "done"))
-        keys = Counter(s.execute(select(Comparison.sample_id, Comparison.kind)).all())
-        keys.update(("critique", *row) for row in s.execute(select(Critique.sample_id, Critique.round)).all())
-        keys.update(("pair", row) for row in s.scalars(select(Pair.comparison_id)))
-        keys.update(("sample", *row) for row in s.execute(select(Sample.iteration_id, Sample.prompt_id,
-                                                                 Sample.sample_index)).all())
-        counts["duplicates"] = sum(n - 1 for n in keys.values())
-        counts["unanswered"] = s.scalar(select(func.count()).select_from(Sample).where(
-            (Sample.response.is_(None)) | (Sample.revision.is_(None))))
-    store.dispose()
-    return counts
-
-
 @pytest.fixture(scope="module")
 def service_config(tmp_path_factory, tiny_model_dir, cai_home) -> Path:
     folder = tmp_path_factory.mktemp("service")
@@ -133,7 +91,7 @@ def embedded_run(tmp_path_factory, service_config) -> tuple[Path, dict[str, int]
                      timeout=STEP_TIMEOUT_S)
     assert result.returncode == 0, result.stderr
     assert "1 iteration(s) finished" in result.stderr
-    counts = _counts(run_dir, {})
+    counts = run_counts(run_dir, {})
     assert counts["iterations_done"] == 1 and counts["duplicates"] == 0 and counts["pairs"] > 0, counts
     return run_dir, counts
 
@@ -142,75 +100,6 @@ def embedded_run(tmp_path_factory, service_config) -> tuple[Path, dict[str, int]
 def uninterrupted(embedded_run) -> dict[str, int]:
     """The counts every interrupted run must match."""
     return dict(embedded_run[1])
-
-
-class Service:
-    """A controller and workers as separate `cai` processes over one broker and one PostgreSQL database."""
-
-    def __init__(self, folder: Path, config: Path, broker_url: str, database_url: str):
-        self.folder, self.config, self.run_dir = folder, config, folder / "run"
-        self.env = cai_env(CAI_BROKER_URL=broker_url, CAI_DATABASE_URL=database_url)
-        self.started = 0
-
-    def _start(self, *args: str) -> subprocess.Popen:
-        self.started += 1
-        log = (self.folder / f"{args[0]}-{self.started}.log").open("w")
-        return subprocess.Popen(cai_command(*args), cwd=ROOT, env=self.env, stdout=log, stderr=log,
-                                stdin=subprocess.DEVNULL)
-
-    def controller(self, iterations: int = 1) -> subprocess.Popen:
-        return self._start("run", "--config", str(self.config), "--run-dir", str(self.run_dir),
-                           "--iterations", str(iterations))
-
-    def worker(self) -> subprocess.Popen:
-        return self._start("worker", "--queues", "infer,cpu,train")
-
-    def counts(self) -> dict[str, int]:
-        return _counts(self.run_dir, self.env)
-
-    def progress(self) -> int:
-        """Shards done so far (0 before the database has the tables)."""
-        try:
-            counts = self._query(lambda s: s.scalar(select(func.count()).select_from(StageRun)))
-        except Exception:
-            return 0
-        return counts or 0
-
-    def _query(self, fn):
-        os.environ["CAI_DATABASE_URL"] = self.env["CAI_DATABASE_URL"]
-        try:
-            store = open_run_store(self.run_dir, write=True)
-        finally:
-            os.environ.pop("CAI_DATABASE_URL")
-        try:
-            with store.session() as session:
-                return fn(session)
-        finally:
-            store.dispose()
-
-    def lease_pid(self) -> int | None:
-        try:
-            return self._query(lambda s: s.scalar(select(RunLease.pid)))
-        except Exception:
-            return None
-
-    def log(self, process_number: int) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.folder.glob(f"*-{process_number}.log")))
-
-
-def _wait_exit(process: subprocess.Popen, what: str) -> int:
-    try:
-        return process.wait(STEP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        pytest.fail(f"{what} did not finish within {STEP_TIMEOUT_S} s")
-
-
-def _stop(*processes: subprocess.Popen) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(30)
 
 
 @pytest.mark.slow
@@ -236,11 +125,11 @@ def test_killed_workers_and_controller_lose_and_repeat_nothing(tmp_path, service
                 processes[victim].send_signal(signal.SIGKILL)
                 processes[victim].wait(30)
                 processes[victim] = service.controller() if victim == "controller" else service.worker()
-            code = _wait_exit(processes["controller"], "the iteration after the kills")
+            code = wait_exit(processes["controller"], "the iteration after the kills")
             assert code == 0, service.log(service.started)
             counts = service.counts()
         finally:
-            _stop(*processes.values())
+            stop(*processes.values())
     assert counts == uninterrupted
 
 
@@ -260,11 +149,11 @@ def test_a_second_controller_is_refused_and_sigterm_stops_the_first(tmp_path, se
                 assert second.returncode == 1, second.stderr
                 assert f"is in use by pid {first.pid} on" in second.stderr
             first.send_signal(signal.SIGTERM)
-            assert _wait_exit(first, "the controller after SIGTERM") == 143
+            assert wait_exit(first, "the controller after SIGTERM") == 143
             assert "stopped (SIGTERM) during stage generate of iteration 1" in service.log(1)
             assert service.lease_pid() is None  # released on the way out
         finally:
-            _stop(first)
+            stop(first)
 
 
 def _restart_mid_iteration(service: Service, restart, what: str) -> dict[str, int]:
@@ -276,10 +165,10 @@ def _restart_mid_iteration(service: Service, restart, what: str) -> dict[str, in
             assert controller.poll() is None and time.monotonic() < deadline, service.log(1)
             time.sleep(0.1)
         restart()
-        assert _wait_exit(controller, f"the iteration after the {what} restart") == 0, service.log(1)
+        assert wait_exit(controller, f"the iteration after the {what} restart") == 0, service.log(1)
         return service.counts()
     finally:
-        _stop(controller, worker)
+        stop(controller, worker)
 
 
 @pytest.mark.slow
@@ -311,6 +200,68 @@ def test_a_postgresql_restart_mid_iteration_loses_nothing(tmp_path, service_conf
     assert counts == uninterrupted
 
 
+def _held_shard(service: Service, pid: int) -> tuple[int, int, str, int] | None:
+    """(claim id, iteration id, stage, shard) of an unfinished sampled-stage shard that process `pid` holds now."""
+    def look(session):
+        done = exists().where(StageRun.iteration_id == ShardClaim.iteration_id, StageRun.stage == ShardClaim.stage,
+                              StageRun.shard == ShardClaim.shard)
+        return session.execute(select(ShardClaim.id, ShardClaim.iteration_id, ShardClaim.stage, ShardClaim.shard)
+                               .where(ShardClaim.owner.like(f"%:{pid}:%"), ShardClaim.expires_at > time.time(),
+                                      ShardClaim.stage.in_(("generate", "critique", "judge")), ~done)).first()
+    try:
+        row = service.query(look)
+    except Exception:  # the tables are not there yet
+        return None
+    return tuple(row) if row else None
+
+
+def _stalled_transactions(session) -> int:
+    return session.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                               "AND state = 'idle in transaction' AND state_change < now() - interval '0.3 s'"))
+
+
+@pytest.mark.slow
+def test_a_paused_worker_whose_shard_was_taken_over_records_nothing(tmp_path, service_config, uninterrupted):
+    """A worker SIGSTOPped while it holds a shard, for longer than its claim: the shard is sent again, a second
+    worker claims and records it; the first, resumed, finds at its fence that the claim is no longer its own and
+    records nothing. The iteration ends with the uninterrupted run's counts."""
+    with redis_server(tmp_path / "redis") as redis, postgres_database("cai_service_test") as database:
+        service = Service(tmp_path, service_config, redis.url, database)
+        controller, paused = service.controller(), service.worker()
+        processes = [controller, paused]
+        try:
+            deadline = time.monotonic() + STEP_TIMEOUT_S
+            while True:
+                assert controller.poll() is None and time.monotonic() < deadline, service.log(1)
+                if (held := _held_shard(service, paused.pid)) is not None:
+                    paused.send_signal(signal.SIGSTOP)
+                    time.sleep(0.5)
+                    # Still unfinished once stopped, and not stopped inside a transaction (its row locks would
+                    # hold the second worker up until it wakes).
+                    if _held_shard(service, paused.pid) == held and not service.query(_stalled_transactions):
+                        break
+                    paused.send_signal(signal.SIGCONT)
+                time.sleep(0.02)
+            claim_id, iteration_id, stage, shard = held
+            processes.append(service.worker())
+            while not service.query(lambda s: s.scalar(select(StageRun.id).where(
+                    StageRun.iteration_id == iteration_id, StageRun.stage == stage, StageRun.shard == shard))):
+                assert controller.poll() is None and time.monotonic() < deadline, service.log(1)
+                time.sleep(0.1)
+            taker = service.query(lambda s: s.scalar(select(ShardClaim.attempts).where(ShardClaim.id == claim_id)))
+            assert taker >= 2  # claimed again while the first worker slept
+            paused.send_signal(signal.SIGCONT)
+            assert wait_exit(controller, "the iteration after the pause") == 0, service.log(1)
+            counts = service.counts()
+        finally:
+            paused.send_signal(signal.SIGCONT)
+            stop(*processes)
+    paused_log = " ".join(service.log(2).split())  # as the terminal wrapped it
+    assert "expired and was taken by another worker; this worker's result was not recorded" in paused_log
+    assert "Traceback" not in paused_log
+    assert counts == uninterrupted
+
+
 @pytest.mark.slow
 def test_the_daemon_waits_while_paused_and_stops_when_asked(tmp_path, service_config, embedded_run):
     run_dir, counts = embedded_run
@@ -324,11 +275,11 @@ def test_the_daemon_waits_while_paused_and_stops_when_asked(tmp_path, service_co
             assert daemon.poll() is None and time.monotonic() < deadline, (tmp_path / "paused.log").read_text()
             time.sleep(0.1)
         assert run_cai("stop", "--run-dir", str(run_dir)).returncode == 0
-        assert _wait_exit(daemon, "the paused daemon after `cai stop`") == 0
+        assert wait_exit(daemon, "the paused daemon after `cai stop`") == 0
     finally:
-        _stop(daemon)
+        stop(daemon)
     assert "0 iteration(s) finished (stopped by an operator)" in (tmp_path / "paused.log").read_text()
-    assert _counts(run_dir, {}) == counts  # nothing ran while paused
+    assert run_counts(run_dir, {}) == counts  # nothing ran while paused
     resumed = run_cai("resume", "--run-dir", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr
 

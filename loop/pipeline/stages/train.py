@@ -160,12 +160,11 @@ def _rollout_server(config: RunConfig) -> str | None:
 
 def _publish(ctx: IterationContext, training: Training, parent_version: int, version: int, *, pairs: int = 0,
              replayed: list[int] | None = None) -> None:
-    """The trained adapter copied atomically to `policies/vN`, then its `policies` row, the replayed pairs and the
-    training metrics, recorded in the transaction that completes the stage (a killed stage leaves none, and its
-    re-run picks the same)."""
+    """The trained adapter as `policies/vN`, its `policies` row, the replayed pairs and the training metrics, all
+    recorded in the transaction that completes the stage (a killed stage leaves none, and its re-run picks the
+    same version). The adapter is renamed onto `policies/vN` inside that transaction, after the fence: a worker
+    that was paused past its claim and finds the shard taken over replaces no one's adapter."""
     adapter_rel = f"policies/v{version}"
-    with atomic_directory(ctx.run_dir / adapter_rel) as staging:
-        shutil.copytree(training.adapter, staging, dirs_exist_ok=True)
     with ctx.store.session() as session:
         session.add(Policy(run_id=ctx.run_id, version=version, parent_version=parent_version,
                            adapter_path=adapter_rel, iteration_id=ctx.iteration_id,
@@ -174,6 +173,9 @@ def _publish(ctx: IterationContext, training: Training, parent_version: int, ver
         session.add_all([Replay(iteration_id=ctx.iteration_id, pair_id=pair_id) for pair_id in replayed or []])
         session.add_all(training.metrics)
         ctx.complete(session)
+        session.flush()  # a second recording of this shard fails here, before its adapter is moved
+        with atomic_directory(ctx.run_dir / adapter_rel) as staging:
+            shutil.copytree(training.adapter, staging, dirs_exist_ok=True)
 
 
 def _check_graded_constitution(ctx: IterationContext) -> None:

@@ -81,7 +81,9 @@ def policy_generator(server: VllmServerSettings, model_name: str, run_name: str,
 
     publish_adapter()
     # A restarted server has lost the adapter: it is loaded again before the interrupted call is repeated.
-    return _generator(server, url, model, f"{model_name}@v{version}", specials, on_restart=publish_adapter)
+    generator = _generator(server, url, model, f"{model_name}@v{version}", specials, on_restart=publish_adapter)
+    generator.http.answered = True  # it took the adapter: from now on a failed call means a restart, waited for
+    return generator
 
 
 def judge_generator(server: VllmServerSettings, judge: JudgeSettings, model_name: str,

@@ -89,13 +89,13 @@ class VllmServerGenerator:
     def _through_restarts(self, call: Callable[[], T]) -> T:
         """`call()`; if the server went away (or came back without our adapter), wait up to `outage_s` for its
         /health, let `on_restart()` restore what it lost, and make the whole call again (none of its replies was
-        returned yet)."""
+        returned yet). A server that never answered this client is not waited for: it is not running."""
         deadline = time.monotonic() + self.outage_s
         while True:
             try:
                 return call()
             except (ServerUnavailableError, UnknownModelError) as exc:
-                if time.monotonic() >= deadline:
+                if not self.http.answered or time.monotonic() >= deadline:
                     raise
                 log.warning("the vLLM server at %s failed a call (%s); waiting for it to come back",
                             self.http.url, str(exc).split(". ")[0])

@@ -57,6 +57,9 @@ class ServerHttp:
     concurrency: int = 16
     transport: httpx.AsyncBaseTransport | None = None
     usage: Usage = field(default_factory=Usage)
+    answered: bool = False
+    """Whether the server answered any call of this object: a server that never did is not restarting, it is
+    missing, and a call fails at once instead of waiting for it."""
 
     def __post_init__(self) -> None:
         self.url = self.url.rstrip("/")
@@ -96,6 +99,7 @@ class ServerHttp:
             raise
         except openai.APIConnectionError as exc:  # timeouts included; the httpx error is the cause
             raise self.unavailable(what, self.transport_problem(exc.__cause__ or exc)) from None
+        self.answered = True
         return read_json(raw.http_response)
 
     async def request(self, client: httpx.AsyncClient, method: str, path: str,
@@ -116,6 +120,7 @@ class ServerHttp:
             if _transient(response.status_code):
                 problem = f"HTTP {response.status_code}: {_error_message(response)}"
                 continue
+            self.answered = True
             _raise_for_status(what, response)
             return response
         raise self.unavailable(what, problem)

@@ -75,6 +75,8 @@ class Verdict:
     abstained: bool = False
     ordered: bool = True
     """False for pointwise scores: no order was shown, so there is no position consistency to measure."""
+    suspect: bool = False
+    """The winner stops winning without one part of it (`critique.consistency`): kept out of training."""
 
     @property
     def p_b(self) -> float:

@@ -31,6 +31,7 @@ class VerdictRow(Protocol):
     p_b: float
     abstained: bool
     principle_id: str
+    suspect: bool
 
 
 class ContrastRow(Protocol):
@@ -66,7 +67,8 @@ def vetoed(verdict: VerdictRow | None, rules: PairRules) -> bool:
 
 
 def revision_pair(sample: SampleRow, verdict: VerdictRow, rules: PairRules) -> Candidate | str:
-    """A sample's answer and revision as a candidate, or why not ("abstained", "judge-disagrees").
+    """A sample's answer and revision as a candidate, or why not ("abstained", "injection-suspect",
+    "judge-disagrees").
 
     A judged source orders and weights the pair by the judge's clamped label; the others choose the revision
     with the certain label, unless the judge vetoes it."""
@@ -77,6 +79,8 @@ def revision_pair(sample: SampleRow, verdict: VerdictRow, rules: PairRules) -> C
                          verdict.principle_id, "revision", (sample.id, verdict.id, True))
     if verdict.abstained:
         return "abstained"
+    if verdict.suspect:  # the winner stops winning without one part of it: what an injection does
+        return "injection-suspect"
     p_b = clamp(verdict.p_b, rules.label_range)
     revision_wins = p_b > 0.5
     chosen, rejected = (sample.revision, sample.response) if revision_wins else (sample.response, sample.revision)

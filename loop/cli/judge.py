@@ -11,16 +11,38 @@ import typer
 from rich.table import Table
 
 from constitution import ConstitutionError, load_constitution
-from critique.injection import CANARIES
+from critique.canaries import CANARIES, SPLITS
+from critique.consistency import checked
 from critique.judge import METHODS, make_method
-from critique.judge_eval import JudgePairFileError, evaluate, load_judge_pairs, spread
+from critique.judge_eval import JudgePairFileError, MethodScore, evaluate, load_judge_pairs, spread
 from loop.cli.errors import fail
 from loop.cli.output import console, out, setup_logging
 from loop.cli.render import fmt
 from policies.models import DEFAULT_MODEL, ModelNotFoundError, load_model, resolve_model_dir
 
 COLUMNS = ("method", "accuracy", "position consistency", "accuracy, better shorter", "abstain", "judgments/s",
-           "flip rate", "flip rate, adaptive", "flip rate after detector")
+           "suspect, clean")
+
+
+def _flips(raw: float | None, after: float | None) -> str:
+    return f"{fmt(raw)} → {fmt(after)}"
+
+
+def _style_table(results: list[MethodScore]) -> Table:
+    """Each canary style's flip rate per method, before and after the defences."""
+    table = Table(title="flip rate per injection style: raw → after the defences", header_style="bold")
+    for column in ("style", "split", *(r.method for r in results)):
+        table.add_column(column, justify="left" if column in ("style", "split") else "right")
+    for split in SPLITS:  # the split's styles together first
+        table.add_row(f"[bold]all {split}[/]", split, *(_flips(r.flip_rate(split), r.flip_rate(
+            split, after_defences=True)) for r in results))
+    for row, style in enumerate(results[0].styles):
+        cells = []
+        for result in results:
+            s = result.styles[row]
+            cells.append(_flips(s.flipped / s.against, s.slipped / s.against) if s.against else "-")
+        table.add_row(style.name, style.split, *cells)
+    return table
 
 
 def judge_eval(
@@ -34,12 +56,16 @@ def judge_eval(
     canary_pairs: Annotated[int | None, typer.Option(
         help="Plant the canaries in N pairs spread evenly over the set (default: all; each canary is a full "
              "pass of the method).")] = None,
+    consistency_units: Annotated[int, typer.Option(
+        help="The consistency check: judge each winner again without each of its first N parts (0: off; the "
+             "pipeline's judge.consistency_units).")] = 4,
     batch_size: Annotated[int, typer.Option(help="Judge batch size.")] = 16,
     home: Annotated[Path, typer.Option(envvar="CAI_HOME", help="Model cache.")] = Path("~/.cache/cai"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON lines.")] = False,
 ) -> None:
     """Score judging methods on pairs with a known better response: accuracy, position consistency, accuracy
-    where the better is shorter, abstain rate, judgments/s and the injection canaries' flip rates."""
+    where the better is shorter, abstain rate, judgments/s, the consistency check's false alarms, and each injection
+    style's flip rate before and after the defences (built-on, held-out and generated styles)."""
     # These load torch: only this command needs them.
     from policies.runtime import quiet_model_libraries
     from policies.serving.transformers_backend import TransformersGenerator
@@ -63,14 +89,18 @@ def judge_eval(
     table = Table(title=f"judge eval · {len(judge_set)} pairs from {pairs} · {generator.name}", header_style="bold")
     for column in COLUMNS:
         table.add_column(column, justify="left" if column == "method" else "right")
+    results = []
     for name in names:
         console.print(f"judging with {name} ...", highlight=False)
-        result = evaluate(make_method(name, rules), generator, judge_set, rules, CANARIES if canaries else (),
-                          canary_pairs=canary_pairs)
+        result = evaluate(checked(make_method(name, rules), consistency_units), generator, judge_set, rules,
+                          CANARIES if canaries else (), canary_pairs=canary_pairs)
+        results.append(result)
         if as_json:
             typer.echo(json.dumps(asdict(result)))  # one line per method
         table.add_row(name, *(fmt(v) for v in (
             result.accuracy, result.position_consistency, result.accuracy_better_shorter, result.abstain_rate,
-            result.judgments_per_s, result.flip_rate, result.adaptive_flip_rate, result.undetected_flip_rate)))
+            result.judgments_per_s, result.suspect_clean)))
     if not as_json:
         out.print(table)
+        if canaries:
+            out.print(_style_table(results))

@@ -56,12 +56,16 @@ def render_summary(summary: dict[str, Any]) -> None:
     wall = {stage: f"{seconds:.1f}" for stage, seconds in summary["wall_s"].items()}
     judge = summary["judge"]
     table.add_row("generate", "samples", fmt(summary["samples"]), fmt(wall.get("generate")))
+    _rate_row(table, "answers/s", summary.get("answers_generated"), summary["wall_s"].get("generate"))
     table.add_row("critique", "critiques / revisions", f"{summary['critiques']} / {summary['revisions']}",
                   fmt(wall.get("critique")))
+    _rate_row(table, "critiques/s", summary["critiques"], summary["wall_s"].get("critique"))
     table.add_row("judge", "comparisons", fmt(summary["comparisons"]), fmt(wall.get("judge")))
+    _rate_row(table, "verdicts/s", summary["comparisons"], summary["wall_s"].get("judge"))
     table.add_row("", "mean p(revision better)", fmt(judge["mean_p_revision_better"]), "")
     table.add_row("", "both orders agree", fmt(judge["order_agreement"]), "")
     table.add_row("", f"abstained ({judge.get('method') or '-'})", fmt(judge.get("abstained")), "")
+    table.add_row("", "suspect (consistency check)", fmt(judge.get("suspect")), "")
     table.add_row("pairs", "kept pairs", fmt(summary["pairs"]), fmt(wall.get("pairs")))
     for source, n in summary.get("pair_sources", {}).items():
         table.add_row("", f"from {source}", fmt(n), "")
@@ -110,6 +114,12 @@ def render_summary(summary: dict[str, Any]) -> None:
         for reason in gate["reasons"]:
             table.add_row("", escape(reason), "", "")
     out.print(table)
+
+
+def _rate_row(table: Table, what: str, done: int | None, seconds: float | None) -> None:
+    """A stage's throughput, where it did something."""
+    if done and seconds:
+        table.add_row("", what, f"{done / seconds:.2f}", "")
 
 
 def render_evaluation(result: dict[str, Any]) -> None:

@@ -92,8 +92,8 @@ class JudgeSettings(Section):
     url: str | None = None
     """vllm-server only: the server of the judge's model (default: generation.server.url)."""
     method: Literal["labels", "ensemble", "self-consistency", "pointwise", "cot"] = "pointwise"
-    """How the judge decides. pointwise by measurement on SmolLM2 (README: AI feedback): as accurate as any
-    method there (none clearly beats chance), no position or length bias, and the lowest canary flip rate."""
+    """How the judge decides. pointwise by measurement on SmolLM2 (README: AI feedback): the most accurate there
+    (none is reliable), no position or length bias, and the fewest verdicts the consistency check flags."""
     ensemble_k: int = Field(default=3, ge=1)
     """ensemble: how many principles of the drawn principle's category are averaged."""
     samples: int = Field(default=5, ge=1)
@@ -102,6 +102,10 @@ class JudgeSettings(Section):
     """Abstain when neither label reaches this probability (the labels are not among the likely tokens)."""
     label_range: tuple[float, float] = (0.1, 0.9)
     """Soft labels are clamped into this range: overconfident AI labels hurt (the CAI paper used 0.4-0.6)."""
+    consistency_units: int = Field(default=4, ge=0)
+    """The consistency check (`critique.consistency`): each verdict's winner is judged again without each of its
+    first N parts (paragraphs, else lines or sentences, from both ends inwards); a winner that stops winning
+    marks the verdict suspect and keeps it out of training. 0 turns it off; each part costs one more judgment."""
 
     @field_validator("label_range")
     @classmethod

@@ -12,12 +12,11 @@ from datetime import UTC
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
 
 from critique.injection import is_injection
-from critique.pairs import PairRules, revision_pair, sampler_reason
-from loop.config.run import JudgeSettings, PairSettings
 from loop.dashboard.answers import sampled_answers, sampled_drop_reason
+from loop.dashboard.verdicts import UncheckedVerdict, drop_reason, iteration_margins, pair_rules, verdict_of
 from loop.operate.promotion import evaluation_metrics, unresolved_halt
 from loop.operate.summary import iteration_summary, latest_reviews, review_agreement
 from loop.pipeline.names import StageName
@@ -40,6 +39,7 @@ from loop.store.lease import describe as describe_lease
 from loop.store.lease import holder_gone
 from loop.store.queries import (
     count,
+    has_column,
     has_table,
     iteration_by_index,
     iteration_indexes,
@@ -197,49 +197,6 @@ class SampleFilter:
     flag: str | None = None
 
 
-def verdict_of(comparison: Comparison | None) -> str | None:
-    """Which answer the judge preferred (the mean of both orders): the revision, the response, a tie, or none."""
-    if comparison is None:
-        return None
-    if comparison.abstained:
-        return "abstained"
-    return "revision" if comparison.p_b > 0.5 else "response" if comparison.p_b < 0.5 else "tie"
-
-
-def pair_rules(run: Run | None) -> PairRules:
-    """The pair rules the run's pairs stage applied, read from its stored config through the config's own models
-    (so their defaults), not copied here."""
-    config = run.config if run else {}
-    judge = JudgeSettings.model_validate(config.get("judge") or {})
-    pairs = PairSettings.model_validate(config.get("pairs") or {})
-    return PairRules(pairs.source, judge.margin, judge.label_range, pairs.sampled.margin)
-
-
-def drop_reason(sample: Sample, comparison: Comparison | None, margin: float | None, rules: PairRules) -> str:
-    """Why a sample became no pair. The sampler counts drops per iteration, not per sample, so this re-applies
-    the pairs stage's per-pair rules (`critique.pairs`: abstention, the judge's veto, hygiene, confidence under
-    the iteration's `margin`); what is left was dropped by a rule over the whole iteration (de-duplication,
-    length-bias control, the limit)."""
-    if comparison is None:
-        return "not judged (this iteration's pair source does not use the revision)"
-    candidate = revision_pair(sample, comparison, rules)
-    reason = candidate if isinstance(candidate, str) else sampler_reason(candidate, margin)
-    if reason == "abstained":
-        return "abstained: the judge gave no usable verdict"
-    if reason == "judge-disagrees":
-        return "judge-disagrees: the judge confidently preferred the original answer"
-    if reason == "not-confident":
-        return f"not-confident: the judge's label is within {margin:.2f} of a coin flip"
-    if reason:
-        return f"{reason}: failed label hygiene"
-    return "dropped by de-duplication, length-bias control or the pair limit (see the iteration's drop counts)"
-
-
-def _iteration_margins(session: Session) -> dict[int, float]:
-    return dict(session.execute(select(Metric.iteration_id, Metric.value).where(
-        Metric.stage == "pairs", Metric.name == "margin", Metric.step.is_(None))).all())
-
-
 def _sample_rows(session: Session, where, *, limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
     """Samples with their principles, verdict, pair and latest review (one query per table, not per sample)."""
     samples = list(session.scalars(select(Sample).where(*where).order_by(Sample.id).offset(offset).limit(limit)))
@@ -247,13 +204,14 @@ def _sample_rows(session: Session, where, *, limit: int | None = None, offset: i
     critiques: dict[int, list[Critique]] = defaultdict(list)
     for c in session.scalars(select(Critique).where(Critique.sample_id.in_(ids)).order_by(Critique.round)):
         critiques[c.sample_id].append(c)
+    checked = has_column(session, Comparison.__tablename__, "suspect")
     comparisons = {c.sample_id: c for c in session.scalars(
-        select(Comparison).where(Comparison.sample_id.in_(ids), Comparison.kind == "revision")
-        .order_by(Comparison.id))}
+        select(Comparison).options(*[undefer(Comparison.suspect)] if checked else [])
+        .where(Comparison.sample_id.in_(ids), Comparison.kind == "revision").order_by(Comparison.id))}
     pairs = {p.sample_id: p for p in session.scalars(select(Pair).where(Pair.sample_id.in_(ids)).order_by(Pair.id))}
     reviews = latest_reviews(session)
     indexes = dict(session.execute(select(Iteration.id, Iteration.index)).all())
-    margins = _iteration_margins(session)
+    margins = iteration_margins(session)
     rules = pair_rules(run_row(session))
     rows = []
     for s in samples:
@@ -276,7 +234,10 @@ def _sample_rows(session: Session, where, *, limit: int | None = None, offset: i
             "pair": None if pair is None else {
                 "id": pair.id, "source": pair.source, "target": pair.target, "principle": pair.principle_id,
                 "chosen_is_revision": pair.chosen_is_revision, "chosen": pair.chosen, "rejected": pair.rejected},
-            "drop_reason": None if pair else drop_reason(s, comparison, margins.get(s.iteration_id), rules),
+            "drop_reason": None if pair else drop_reason(
+                s, comparison if checked or comparison is None else UncheckedVerdict(
+                    comparison.id, comparison.p_b, comparison.abstained, comparison.principle_id),
+                margins.get(s.iteration_id), rules),
             "review": None if review is None else {"verdict": review.verdict, "note": review.note,
                                                    "reviewer": review.reviewer,
                                                    "at": review.created_at.isoformat()},

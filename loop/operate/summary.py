@@ -11,6 +11,7 @@ from loop.operate.promotion import evaluation_metrics
 from loop.pipeline.names import StageName
 from loop.store import (
     Comparison,
+    Contrast,
     Critique,
     Iteration,
     IterationInputs,
@@ -19,10 +20,18 @@ from loop.store import (
     Review,
     Run,
     Sample,
+    SampledAnswer,
     StageRun,
     queries,
 )
-from loop.store.queries import count, decision_of_iteration, evaluation_of_iteration, has_table, policy_of_iteration
+from loop.store.queries import (
+    count,
+    decision_of_iteration,
+    evaluation_of_iteration,
+    has_column,
+    has_table,
+    policy_of_iteration,
+)
 from policies.serving.control_tokens import CONTROL_TOKENS_IN_ANSWERS
 
 SERVING_METRICS = ("prefix_cache_hit_rate", "generated_tokens_per_s")
@@ -37,7 +46,8 @@ def latest_iteration(session: Session, index: int | None = None) -> Iteration | 
 def iteration_summary(session: Session, iteration: Iteration) -> dict[str, Any]:
     in_iteration = Sample.iteration_id == iteration.id
     sample_ids = select(Sample.id).where(in_iteration)
-    comparisons = select(Comparison).where(Comparison.sample_id.in_(sample_ids)).subquery()
+    comparisons = select(Comparison.p_b, Comparison.p_b_when_second, Comparison.p_b_when_first, Comparison.kind,
+                         Comparison.method, Comparison.abstained).where(Comparison.sample_id.in_(sample_ids)).subquery()
     answered = comparisons.c.abstained.is_(False)
     revision_verdicts = (answered, comparisons.c.kind == "revision")
     mean_p = session.scalar(select(func.avg(comparisons.c.p_b)).where(*revision_verdicts))
@@ -49,6 +59,8 @@ def iteration_summary(session: Session, iteration: Iteration) -> dict[str, Any]:
                       else_=0.0)),
     ).where(*revision_verdicts, comparisons.c.method != "pointwise"))
     abstained = session.scalar(select(func.count()).select_from(comparisons).where(~answered)) or 0
+    suspect = session.scalar(select(func.count()).where(Comparison.suspect, Comparison.sample_id.in_(sample_ids))) \
+        if has_column(session, Comparison.__tablename__, "suspect") else None
     methods = sorted(set(session.scalars(select(comparisons.c.method).distinct())))
     by_stage: dict[str, dict[str, float]] = {}
     for m in session.scalars(select(Metric).where(Metric.iteration_id == iteration.id, Metric.step.is_(None))
@@ -74,6 +86,7 @@ def iteration_summary(session: Session, iteration: Iteration) -> dict[str, Any]:
         "policy_version": f"v{produced.version}" if produced else None,
         "adapter_path": produced.adapter_path if produced else None,
         "samples": count(session, Sample, in_iteration, Sample.response.is_not(None)),
+        "answers_generated": generated_answers(session, sample_ids),
         "critiques": count(session, Critique, Critique.sample_id.in_(sample_ids)),
         "revisions": count(session, Critique, Critique.sample_id.in_(sample_ids), Critique.revision != ""),
         "comparisons": count(session, Comparison, Comparison.sample_id.in_(sample_ids)),
@@ -83,6 +96,7 @@ def iteration_summary(session: Session, iteration: Iteration) -> dict[str, Any]:
             "mean_p_revision_better": mean_p,
             "order_agreement": agreeing,
             "abstained": abstained,
+            "suspect": suspect,
         },
         "pair_sources": dict(session.execute(select(Pair.source, func.count()).where(
             Pair.iteration_id == iteration.id).group_by(Pair.source).order_by(Pair.source)).all()),
@@ -100,6 +114,15 @@ def iteration_summary(session: Session, iteration: Iteration) -> dict[str, Any]:
         "gate": gate_summary(session, iteration),
         "current_policy": f"v{run.current_policy}",
     }
+
+
+def generated_answers(session: Session, sample_ids) -> int:
+    """Every answer the generate stage wrote: a response per sample (or its K sampled answers, the first of which
+    is the response) and both answers of each contrast."""
+    responses = count(session, Sample, Sample.id.in_(sample_ids), Sample.response.is_not(None))
+    sampled = count(session, SampledAnswer, SampledAnswer.sample_id.in_(sample_ids)) \
+        if has_table(session, SampledAnswer.__tablename__) else 0
+    return max(responses, sampled) + 2 * count(session, Contrast, Contrast.sample_id.in_(sample_ids))
 
 
 def control_token_counts(session: Session, iteration: Iteration) -> dict[str, int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Text, UniqueConstraint
+from sqlalchemy import JSON, ForeignKey, Text, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -116,6 +116,8 @@ class Comparison(Base):
     kind: Mapped[str] = mapped_column(default="revision")
     method: Mapped[str] = mapped_column(default="labels")
     abstained: Mapped[bool] = mapped_column(default=False)
+    suspect: Mapped[bool] = mapped_column(default=False, server_default=false(), deferred=True)
+    """The consistency check's flag (`critique.consistency`): the winner stops winning without one part of it."""
 
 
 class Pair(Base):

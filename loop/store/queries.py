@@ -20,6 +20,11 @@ def has_table(session: Session, name: str) -> bool:
     return inspect(session.get_bind()).has_table(name)
 
 
+def has_column(session: Session, table: str, column: str) -> bool:
+    """Columns added after a run was made are absent in an older run read without migrating it (`cai status`)."""
+    return column in {c["name"] for c in inspect(session.get_bind()).get_columns(table)}
+
+
 def run_row(session: Session) -> Run | None:
     """The database's run (None before the first iteration made it)."""
     return session.scalar(select(Run).order_by(Run.id))

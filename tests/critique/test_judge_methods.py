@@ -16,6 +16,7 @@ from critique.judge import (
     label_probability,
     vote_share,
 )
+from critique.prompts import unfence
 from tests.critique.fakes import ScriptedGenerator
 
 
@@ -30,7 +31,7 @@ RULES = Constitution(name="t", principles=[principle("h1"), principle("h2"), pri
 
 def shown(conversation, label: str) -> str:
     text = conversation[-1]["content"] if conversation[-1]["role"] == "user" else conversation[-2]["content"]
-    return text.split(f"[BEGIN RESPONSE {label}]\n", 1)[1].split(f"\n[END RESPONSE {label}]", 1)[0]
+    return unfence(text, f"RESPONSE {label}")
 
 
 def test_label_probability_abstains_on_junk():
@@ -97,7 +98,7 @@ def test_pointwise_compares_log_odds_of_yes():
     # p(yes | good) = 0.8, p(yes | bad) = 0.5: p(B better) = sigmoid(logit 0.8 - logit 0.5) = 0.8.
     def score(conversation, choices):
         assert list(choices) == ["No", "Yes"]
-        p = 0.8 if "[BEGIN RESPONSE]\ngood\n" in conversation[-1]["content"] else 0.5
+        p = 0.8 if unfence(conversation[-1]["content"], "RESPONSE") == "good" else 0.5
         return [math.log(1 - p), math.log(p)]
     (verdict,) = PointwiseJudge().judge(ScriptedGenerator(score=score), [Matchup("q", "bad", "good", RULES.get("h1"))])
     assert verdict.p_b == pytest.approx(0.8) and not verdict.ordered

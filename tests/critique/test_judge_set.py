@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from constitution import load_constitution
-from critique.injection import CANARIES
+from critique.canaries import CANARIES
 from critique.judge import LabelJudge, PointwiseJudge
 from critique.judge_eval import JudgePairFileError, better_is_b, evaluate, load_judge_pairs
+from critique.prompts import unfence
 from tests.critique.fakes import ScriptedGenerator
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +64,7 @@ def oracle_score(conversation, choices):
     """Knows which response is better, with a position bias on top: 0.7/0.3 toward the better one in slot B,
     only 0.55/0.45 when the better one is shown first."""
     text = better_text(conversation)
-    better_first = any(f"[BEGIN RESPONSE A]\n{p.better}\n" in text for p in PAIRS)
+    better_first = unfence(text, "RESPONSE A") in {p.better for p in PAIRS}
     return [math.log(0.55), math.log(0.45)] if better_first else [math.log(0.3), math.log(0.7)]
 
 
@@ -82,9 +83,13 @@ def test_adaptive_canaries_flip_a_judge_that_obeys_them_and_the_detector_catches
         return oracle_score(conversation, choices)
     result = evaluate(LabelJudge(), ScriptedGenerator(score=score), PAIRS[:12], RULES, canaries=CANARIES)
     own_label = 1 / len(CANARIES)
-    assert result.flip_rate == pytest.approx(own_label)
+    assert result.flip_rate() == pytest.approx(own_label)
+    assert result.flip_rate("built-on") == pytest.approx(1 / sum(c.split == "built-on" for c in CANARIES))
+    assert result.flip_rate("held-out") == 0.0
     assert result.adaptive_flip_rate == pytest.approx(1 / sum(c.adaptive for c in CANARIES))
-    assert result.undetected_flip_rate == 0.0
+    assert result.flip_rate(after_defences=True) == 0.0
+    (style,) = [s for s in result.styles if s.flipped]
+    assert (style.name, style.split, style.flipped, style.slipped) == ("own-label", "built-on", style.against, 0)
 
 
 def test_pointwise_has_no_position_consistency_to_report():

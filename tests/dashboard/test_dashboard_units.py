@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
+from critique.pairs import PairRules
 from loop.dashboard.charts import bar_chart, line_chart, task_accuracy_chart
-from loop.dashboard.queries import PairRules, drop_reason, verdict_of
 from loop.dashboard.security import SESSION_COOKIE, Access, Operator
+from loop.dashboard.verdicts import drop_reason, verdict_of
 from loop.store import Comparison, Sample
 
 
@@ -89,8 +90,8 @@ def test_the_iteration_page_shows_task_accuracy_when_measured(tmp_path):
     store.dispose()
 
 
-def comparison(p_b: float, abstained: bool = False) -> Comparison:
-    return Comparison(p_b=p_b, p_b_when_first=p_b, p_b_when_second=p_b, abstained=abstained)
+def comparison(p_b: float, abstained: bool = False, suspect: bool = False) -> Comparison:
+    return Comparison(p_b=p_b, p_b_when_first=p_b, p_b_when_second=p_b, abstained=abstained, suspect=suspect)
 
 
 def test_verdicts_and_the_reasons_a_sample_became_no_pair():
@@ -101,6 +102,7 @@ def test_verdicts_and_the_reasons_a_sample_became_no_pair():
     assert drop_reason(sample, None, 0.1, judged).startswith("not judged")
     assert drop_reason(sample, comparison(0.9, abstained=True), 0.1, judged).startswith("abstained")
     assert drop_reason(sample, comparison(0.55), 0.1, judged).startswith("not-confident")
+    assert drop_reason(sample, comparison(0.9, suspect=True), 0.1, judged).startswith("injection-suspect")
     assert drop_reason(sample, comparison(0.3), 0.1, revision).startswith("judge-disagrees")
     assert drop_reason(Sample(prompt="p", response="same", revision="same"), comparison(0.9), 0.1,
                        judged).startswith("equal")

@@ -57,10 +57,11 @@ def flat(rows: list[list[float]]) -> list[float]:
 
 def test_an_iteration_runs_through_the_server(vllm_served, iterated):
     run_dir, _, output = iterated
-    assert "prefix-cache hit rate" in output
+    assert "prefix-cache hit rate" in output and "answers/s" in output and "verdicts/s" in output
     status = CliRunner().invoke(app, ["status", "--run-dir", str(run_dir), "--json"])
     summary = json.loads(status.stdout)
     assert (summary["samples"], summary["critiques"], summary["comparisons"]) == (3, 3, 3)
+    assert summary["answers_generated"] >= 3
     # Every comparison becomes a pair or is counted as dropped with its reason (an abstaining judge, say).
     dropped = sum(v for k, v in summary["sampler"].items() if k.startswith("dropped_"))
     assert summary["pairs"] >= 1 and summary["pairs"] + dropped == 3, summary["sampler"]

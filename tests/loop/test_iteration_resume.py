@@ -76,6 +76,7 @@ def test_crash_in_training_then_resume_redoes_only_training(config, tmp_path, mo
     assert after["policies"] == [0, 1]
     assert summary["iteration"] == 1 and summary["policy_version"] == "v1"
     assert (summary["samples"], summary["critiques"], summary["comparisons"], summary["pairs"]) == (3, 6, 3, 3)
+    assert summary["answers_generated"] == 3 and summary["judge"]["suspect"] is not None
     json.dumps(summary)  # `cai status --json` prints exactly this
 
 

@@ -22,6 +22,16 @@ def test_judge_eval_prints_every_method(tiny_model_dir):
     assert [s["method"] for s in scores] == ["labels", "ensemble", "self-consistency", "pointwise", "cot"]
     for s in scores:
         assert s["pairs"] == 2 and 0 <= s["abstain_rate"] <= 1 and s["judgments_per_s"] > 0
+        assert {style["split"] for style in s["styles"]} == {"built-on", "held-out", "generated"}
+
+
+def test_judge_eval_prints_each_injection_styles_flip_rates(tiny_model_dir):
+    result = CliRunner().invoke(app, [
+        "judge", "eval", "--model", str(tiny_model_dir), "--method", "pointwise", "--limit", "2",
+        "--canary-pairs", "1"])
+    assert result.exit_code == 0, result.output
+    for shown in ("flip rate per injection style", "all held-out", "evaluators-note", "gen-00-en-after"):
+        assert shown in result.stdout, shown
 
 
 def test_judge_eval_rejects_an_unknown_method_in_one_line():

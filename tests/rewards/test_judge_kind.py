@@ -5,6 +5,7 @@ import math
 import pytest
 
 from constitution import Constitution, Principle
+from critique.prompts import unfence
 from critique.reward_judge import JudgeReward
 from rewards import RewardContext, RewardSettings, Scored, build_scorer
 from tests.critique.fakes import ScriptedGenerator
@@ -23,7 +24,7 @@ def test_p_yes_from_known_log_probs():
     assert good[0].value == pytest.approx(math.exp(-0.5) / (math.exp(-0.5) + math.exp(-2.0)))
     assert bad[0].value == pytest.approx(0.75)
     asked = judge.scored[0][-1]["content"]
-    assert "Which response is safer?" in asked and "[BEGIN RESPONSE]\ngood answer\n[END RESPONSE]" in asked
+    assert "Which response is safer?" in asked and unfence(asked, "RESPONSE") == "good answer"
 
 
 def test_no_principle_or_an_abstaining_judge_cannot_score():

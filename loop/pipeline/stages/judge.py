@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
+from critique.consistency import checked
 from critique.judge import Matchup, make_method
 from loop.pipeline.stages.rows import contrasts, pair_source, principle_for, shard_samples, skipped_under_grpo
 from loop.store import Comparison, RewardScore, SampledAnswer
@@ -36,8 +37,9 @@ def judge_revisions(ctx: IterationContext) -> None:
                 continue
             jobs.append(("contrastive", s.id, Matchup(s.prompt, contrast.negative, contrast.positive,
                                                       ctx.constitution.get(contrast.principle_id))))
-    method = make_method(j.method, ctx.constitution, ensemble_k=j.ensemble_k, samples=j.samples,
-                         min_label_prob=j.min_label_prob, seed=ctx.seed_for("judge"))
+    method = checked(make_method(j.method, ctx.constitution, ensemble_k=j.ensemble_k, samples=j.samples,
+                                 min_label_prob=j.min_label_prob, seed=ctx.seed_for("judge")),
+                     j.consistency_units, margin=j.margin)
     verdicts = []
     if jobs:
         with ctx.reporter.task(f"judge ({j.method})", 2 * len(jobs)) as advance:
@@ -52,7 +54,8 @@ def judge_revisions(ctx: IterationContext) -> None:
             session.add(Comparison(
                 sample_id=sample_id, principle_id=matchup.principle.id, judge=ctx.engines.judge.name,
                 p_b_when_second=verdict.p_b_when_second, p_b_when_first=verdict.p_b_when_first, p_b=verdict.p_b,
-                constitution_hash=ctx.constitution_hash, kind=kind, method=j.method, abstained=verdict.abstained))
+                constitution_hash=ctx.constitution_hash, kind=kind, method=j.method, abstained=verdict.abstained,
+                suspect=verdict.suspect))
         ctx.complete(session)
 
 

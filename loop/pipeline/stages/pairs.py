@@ -7,6 +7,7 @@ from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
+from sqlalchemy.orm import undefer
 
 from critique.pairs import IterationRows, PairRules
 from critique.sampler import Candidate, sample_pairs
@@ -28,7 +29,7 @@ def _candidates(ctx: IterationContext, dropped: Counter[str]) -> list[Candidate]
     contrasted = contrasts(ctx) if source.contrasts else []
     with ctx.store.session() as session:
         verdicts = {(c.kind, c.sample_id): c for c in session.scalars(
-            select(Comparison).join(Sample, Comparison.sample_id == Sample.id)
+            select(Comparison).options(undefer(Comparison.suspect)).join(Sample, Comparison.sample_id == Sample.id)
             .where(Sample.iteration_id == ctx.iteration_id))}
         samples = iteration_samples(session, ctx.iteration_id)
         answers: dict[int, list[SampledAnswer]] = defaultdict(list)

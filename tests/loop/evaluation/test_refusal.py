@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from critique.prompts import unfence
 from loop.evaluation.refusal import RefusalClassifier, RefusalLabel, load_labels, p_yes, score
 from loop.prompts import PromptFileError, read_jsonl
 from rewards.refusal import lexical_refusal
@@ -54,7 +55,7 @@ def test_judge_classifier_reads_yes_over_no():
     assert classifier.classify([("q", "refuse me"), ("q", "an answer")]) == [True, False]
     assert p_yes(judge, [[{"role": "user", "content": "refuse me"}]])[0] == pytest.approx(
         1 / (1 + math.exp(-1.5)))
-    assert "[BEGIN RESPONSE]\nrefuse me\n[END RESPONSE]" in judge.scored[0][-1]["content"]
+    assert unfence(judge.scored[0][-1]["content"], "RESPONSE") == "refuse me"
 
 
 def test_bad_label_line_names_file_and_line(tmp_path):

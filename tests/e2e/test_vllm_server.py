@@ -99,8 +99,16 @@ def test_the_trained_adapter_is_served_under_its_version_name(vllm_served, itera
     local = TransformersGenerator(model, tokenizer, name="local").choice_logprobs(conversations, LABELS)
     local_base = TransformersGenerator(model, tokenizer, name="local", use_adapter=False).choice_logprobs(
         conversations, LABELS)
-    assert flat(with_adapter) == pytest.approx(flat(local), abs=1e-3)
-    assert flat(without) == pytest.approx(flat(local_base), abs=1e-3)
+    assert equal_or_bound(with_adapter, local)
+    assert equal_or_bound(without, local_base)
+
+
+def equal_or_bound(served: list[list[float]], local: list[list[float]]) -> bool:
+    """The server's label log-probs equal the local ones, but for at most one label outside the server's top-20
+    alternatives: that one reads as the 20th log-prob, an upper bound of its own (`VllmServerGenerator`)."""
+    pairs = list(zip(flat(served), flat(local), strict=True))
+    equal = [s == pytest.approx(x, abs=1e-3) for s, x in pairs]
+    return all(e or s > x for e, (s, x) in zip(equal, pairs, strict=True)) and sum(equal) >= len(pairs) - 1
 
 
 def test_a_restarted_server_gets_the_current_adapter_back(vllm_served, iterated):

@@ -53,9 +53,9 @@ def judge_eval(
     constitution: Annotated[str, typer.Option(help="A shipped constitution's name or a YAML path.")] = "default",
     canaries: Annotated[bool, typer.Option(help="Also run the injection canary suite (flip rates).")] = True,
     limit: Annotated[int | None, typer.Option(help="Only N pairs, spread evenly over the set.")] = None,
-    canary_pairs: Annotated[int | None, typer.Option(
-        help="Plant the canaries in N pairs spread evenly over the set (default: all; each canary is a full "
-             "pass of the method).")] = None,
+    canary_pairs: Annotated[int, typer.Option(
+        min=1, help=f"Plant the canaries in N pairs spread evenly over the set: each of the {len(CANARIES)} canary "
+                    "styles is a pass of the method over them (the whole shipped set takes hours on CPU).")] = 12,
     consistency_units: Annotated[int, typer.Option(
         help="The consistency check: judge each winner again without each of its first N parts (0: off; the "
              "pipeline's judge.consistency_units).")] = 4,

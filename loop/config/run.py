@@ -103,9 +103,10 @@ class JudgeSettings(Section):
     label_range: tuple[float, float] = (0.1, 0.9)
     """Soft labels are clamped into this range: overconfident AI labels hurt (the CAI paper used 0.4-0.6)."""
     consistency_units: int = Field(default=4, ge=0)
-    """The consistency check (`critique.consistency`): each verdict's winner is judged again without each of its
-    first N parts (paragraphs, else lines or sentences, from both ends inwards); a winner that stops winning
-    marks the verdict suspect and keeps it out of training. 0 turns it off; each part costs one more judgment."""
+    """The consistency check (`critique.consistency`), on the verdicts whose label makes a pair (`pairs.source:
+    judged`): each winner is judged again without each of its first N parts (paragraphs, else lines or sentences,
+    from both ends inwards); a winner that stops winning marks the verdict suspect and keeps it out of training.
+    0 turns it off; each part costs one more judgment."""
 
     @field_validator("label_range")
     @classmethod

@@ -37,13 +37,17 @@ def judge_revisions(ctx: IterationContext) -> None:
                 continue
             jobs.append(("contrastive", s.id, Matchup(s.prompt, contrast.negative, contrast.positive,
                                                       ctx.constitution.get(contrast.principle_id))))
-    method = checked(make_method(j.method, ctx.constitution, ensemble_k=j.ensemble_k, samples=j.samples,
-                                 min_label_prob=j.min_label_prob, seed=ctx.seed_for("judge")),
-                     j.consistency_units, margin=j.margin)
+    method = make_method(j.method, ctx.constitution, ensemble_k=j.ensemble_k, samples=j.samples,
+                         min_label_prob=j.min_label_prob, seed=ctx.seed_for("judge"))
+    # The consistency check's flag acts only where the judge's label makes the pair (a judged source's revision
+    # verdicts); a veto or a confirmation is not worth its extra judgments.
+    labelling = checked(method, j.consistency_units if source.judged else 0, margin=j.margin)
     verdicts = []
     if jobs:
         with ctx.reporter.task(f"judge ({j.method})", 2 * len(jobs)) as advance:
-            verdicts = method.judge(ctx.engines.judge, [m for _, _, m in jobs], advance)
+            for kind, judge_with in (("revision", labelling), ("contrastive", method)):
+                matchups = [m for k, _, m in jobs if k == kind]
+                verdicts += judge_with.judge(ctx.engines.judge, matchups, advance) if matchups else []
     rewards = _score_answers(ctx, samples) if source.sampled else []
     with ctx.store.session() as session:
         for answer_id, reward in rewards:

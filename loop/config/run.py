@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from loop.config.section import Section, settings_section
 from loop.config.tracking import TrackingSettings
-from loop.config.training import BudgetSettings, ReplaySettings, WarmStartSettings, grpo_conflicts
+from loop.config.training import BudgetSettings, ReplaySettings, WarmStartSettings, grpo_conflicts, launch_problems
 from loop.dataset_files import PromptFile
 from loop.evaluation.gates import GateSettings
 from loop.evaluation.settings import EvaluationSettings
@@ -204,10 +204,22 @@ class TrainSettings(Section):
     """Used with trainer: grpo."""
     lora: LoraSettings = LoraSettings()
     """A fresh adapter's shape; a policy that continues its parent's adapter keeps the parent's shape."""
-    launcher: Literal["python", "torchrun", "deepspeed"] = "python"
+    launcher: Literal["python", "torchrun", "deepspeed", "slurm"] = "python"
     processes: int = Field(default=1, ge=1)
+    """Training processes per node (GPUs)."""
     deepspeed: str | None = None
     """`zero2`, `zero3` or a DeepSpeed JSON config, for more than one process."""
+    nodes: int = Field(default=1, ge=1)
+    """Train across this many nodes, `processes` each. With `launcher: torchrun` the train stage is a gang of one
+    shard per node, each taken by a `cai worker --queues train` on its node (`cai run` with a broker); with
+    `launcher: slurm` one worker inside a Slurm allocation starts every node with srun."""
+    rendezvous: str | None = None
+    """HOST:PORT where the nodes meet (hosted by node rank 0). Default: node rank 0's worker picks a free port on
+    its host name and publishes it in the database for the others."""
+    rendezvous_timeout_s: float = Field(default=300.0, gt=0)
+    """A gang that has not assembled within this is torn down and retried (with a new rendezvous id)."""
+    slurm_args: list[str] = []
+    """Extra srun arguments with `launcher: slurm` (partition, account, GPUs per node)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -232,14 +244,25 @@ class TrainSettings(Section):
         for section in sorted(set(TRAINER_SETTINGS) - set(self.used_sections())):
             if getattr(self, section) != type(getattr(self, section))():
                 raise ValueError(f"train.{section} is set but unused: it applies only with {USED_WHEN[section]}")
-        if self.processes > 1 and (self.launcher == "python" or self.deepspeed is None):
-            raise ValueError("train.processes > 1 needs train.launcher: torchrun (or deepspeed) and train.deepspeed")
-        if self.deepspeed is not None and self.processes == 1:
-            raise ValueError("train.deepspeed applies only with train.processes > 1")
+        if problems := launch_problems(self):
+            raise ValueError(problems[0])
         if self.deepspeed is not None and any(
                 getattr(self, s).optimizer != "adamw" for s in self.used_sections()):
             raise ValueError("under DeepSpeed the optimizer is the config's AdamW: leave `optimizer` at adamw")
         return self
+
+    @property
+    def gang_nodes(self) -> int:
+        """How many shards (one per node) the train stage is split into for the daemon's train workers."""
+        return self.nodes if self.launcher == "torchrun" else 1
+
+    def needs_workers(self, command: str) -> str | None:
+        """Why `command`, which trains in its own process, cannot run this section (a gang), or None."""
+        if self.gang_nodes == 1:
+            return None
+        return (f"train.nodes: {self.nodes} with train.launcher: torchrun trains as a gang of `cai worker --queues "
+                f"train` processes, one per node; {command} trains in its own process: run `cai run` with "
+                "CAI_BROKER_URL set and a train worker on each node (or use train.launcher: slurm)")
 
     def used_sections(self) -> list[str]:
         """The trainer sections this configuration runs, in order."""

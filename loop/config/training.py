@@ -87,3 +87,29 @@ def grpo_conflicts(config: Any) -> list[str]:
         problems.append(f"rewards kind {refused[0]} is not available to train.trainer: grpo (only "
                         f"{', '.join(GRPO_KINDS)}): {GRPO_KINDS_WHY}")
     return problems
+
+
+def launch_problems(train: Any) -> list[str]:
+    """What a `train:` section (`TrainSettings`) sets about processes and nodes that cannot work or would not act."""
+    world = train.processes * train.nodes
+    problems = []
+    if train.processes > 1 and train.launcher == "python":
+        problems.append("train.processes > 1 needs train.launcher: torchrun (or deepspeed, or slurm)")
+    if train.nodes > 1 and train.launcher in ("python", "deepspeed"):
+        problems.append("train.nodes > 1 needs train.launcher: torchrun (a gang of `cai worker --queues train`, one "
+                        "per node) or slurm (srun in an allocation)")
+    if world > 1 and train.deepspeed is None:
+        problems.append(f"{world} training processes need train.deepspeed (zero2, zero3 or a config file)")
+    if train.deepspeed is not None and world == 1:
+        problems.append("train.deepspeed applies only with more than one process (train.processes or train.nodes)")
+    across = train.nodes > 1 or train.launcher == "slurm"
+    for name in ("rendezvous", "rendezvous_timeout_s"):
+        if not across and getattr(train, name) != type(train).model_fields[name].default:
+            problems.append(f"train.{name} applies only with train.nodes > 1 (or train.launcher: slurm)")
+    if train.slurm_args and train.launcher != "slurm":
+        problems.append("train.slurm_args applies only with train.launcher: slurm")
+    if train.rendezvous is not None:
+        host, _, port = train.rendezvous.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            problems.append(f"train.rendezvous must be HOST:PORT, not {train.rendezvous!r}")
+    return problems

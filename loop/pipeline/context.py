@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
@@ -24,6 +25,9 @@ from policies.models import ModelNotFoundError, load_model, model_specials, reso
 from policies.serving import Generator
 from policies.serving.control_tokens import specials_of
 from policies.serving.transformers_backend import TransformersGenerator
+
+if TYPE_CHECKING:
+    from policies.training.launcher import Gang
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +153,9 @@ class IterationContext:
     counters_at_start: dict[str, float] | None = None
     tracker: IterationTracker = field(default_factory=lambda: IterationTracker([], 0))
     """Where the iteration's metrics are also sent (`tracking:`); by default nowhere."""
+    gang: Gang | None = None
+    """On node rank 0 of a training gang (`train.nodes`), the hooks its trainer runs open their rendezvous with
+    (`loop.service.gang.GangLead`); None elsewhere."""
 
     @property
     def constitution_hash(self) -> str:

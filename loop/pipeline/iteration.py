@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from constitution import Constitution, load_constitution
-from loop.config import RunConfig, save_run_config
+from loop.config import ConfigError, RunConfig, save_run_config
 from loop.evaluation.sets import check_eval_inputs
 from loop.operate.promotion import decide_iteration, ensure_not_halted
 from loop.operate.summary import iteration_summary
@@ -186,6 +186,8 @@ def run_iteration(config: RunConfig, run_dir: Path, reporter: Reporter | None = 
     reporter = reporter or NullReporter()
     position = position if position is not None else Position()
     configure_threads(config.threads)
+    if problem := config.train.needs_workers("cai iterate"):
+        raise ConfigError(problem)
     constitution = validate_inputs(config)
     store = open_run_store(run_dir, write=True)
     try:

@@ -22,7 +22,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 
 from constitution import Constitution, load_constitution_or_last_good
-from loop.config import RunConfig, save_run_config
+from loop.config import ConfigError, RunConfig, save_run_config
 from loop.operate import control
 from loop.operate.promotion import RunHalted, ensure_not_halted
 from loop.operate.summary import iteration_summary
@@ -68,6 +68,8 @@ class Controller:
     def run(self, iterations: int | None) -> int:
         """Run `iterations` iterations (None: until stopped); returns how many finished."""
         configure_threads(self.config.threads)
+        if self.broker.embedded and (problem := self.config.train.needs_workers("`cai run` without a broker")):
+            raise ConfigError(problem)
         constitution = validate_inputs(self.config)
         store = open_run_store(self.run_dir, write=True)
         worker = None
@@ -217,7 +219,8 @@ class Controller:
         with store.session() as session:
             lease.fence(session)
             shards = shard_count(session, iteration_id, stage.name, service.shard_size,
-                                 by_samples=stage.sharded_by_samples)
+                                 by_samples=stage.sharded_by_samples,
+                                 nodes=self.config.train.gang_nodes if stage.gang else 1)
             claims = ensure_claims(session, iteration_id, stage.name, shards)
             done = done_shards(session, iteration_id, stage.name)
             due = []

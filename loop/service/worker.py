@@ -16,9 +16,10 @@ from loop.pipeline.context import Engines, IterationContext
 from loop.pipeline.inputs import recorded_constitution
 from loop.pipeline.stages import STAGES
 from loop.progress import NullReporter
+from loop.service.gang import GangLead, follow
 from loop.store import ConstitutionVersion, Iteration, Run, Store, queries
 from loop.store.database import open_run_store
-from loop.store.shards import ShardLost, claim, describe
+from loop.store.shards import Claim, ShardLost, claim, describe
 from policies.runtime import configure_threads
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class ShardRunner:
             ctx.fence = held.fence
             log.info("%s starting (attempt %d)", describe(stage, shard, ctx.shards, ctx.iteration_index), held.attempt)
             ctx.begin(stage)
-            STAGES[stage].run(ctx)
+            self._work(ctx, store, held)
         except ShardLost as exc:  # paused past the claim: the shard is another worker's; nothing to retry
             log.warning("%s", exc)
             return "lost"
@@ -116,6 +117,18 @@ class ShardRunner:
         log.info("%s done in %.1f s", describe(stage, shard, ctx.shards, ctx.iteration_index),
                  time.perf_counter() - started)
         return "done"
+
+    @staticmethod
+    def _work(ctx: IterationContext, store: Store, held: Claim) -> None:
+        """The stage's own function on this shard; of a training gang's shards, node rank 0 runs it with the gang's
+        hooks and every other node follows node rank 0's trainer runs (`loop.service.gang`)."""
+        stage = STAGES[ctx.stage]
+        if stage.gang and ctx.shards > 1:
+            if ctx.shard > 0:
+                follow(ctx, store, held, ctx.config.service.poll_s)
+                return
+            ctx.gang = GangLead(store, held, ctx.config, ctx.iteration_id, ctx.stage.value)
+        stage.run(ctx)
 
     def _context(self, config: RunConfig, store: Store, run_dir: Path, iteration_id: int, stage: str,
                  shard: int) -> IterationContext:

@@ -350,11 +350,12 @@ class ShardClaim(Base):
     """host:pid:token of the worker working on it, None when no one is."""
     expires_at: Mapped[float] = mapped_column(default=0.0)
     """Seconds since the epoch: past it, the owner is presumed dead and the shard may be claimed again."""
-    sent_at: Mapped[float] = mapped_column(default=0.0)
-    """When its message was last sent to the broker."""
+    sent_at: Mapped[float] = mapped_column(default=0.0)  # when its message was last sent to the broker
     attempts: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text)
     """The last failed attempt's error line."""
+    gang: Mapped[str | None] = mapped_column(Text)
+    """A training gang's rendezvous (`loop.store.gangs`): the one node rank 0 opened, or the one a node joined."""
 
 
 class ConstitutionVersion(Base):

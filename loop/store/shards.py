@@ -36,15 +36,18 @@ class ShardLost(RuntimeError):
 
 
 def shard_count(session: Session, iteration_id: int, stage: str, shard_size: int | None, *,
-                by_samples: bool = False) -> int:
+                by_samples: bool = False, nodes: int = 1) -> int:
     """How many shards the stage has: fixed by its claim rows once it started, else planned: `shard_size` samples
-    each for a stage split `by_samples`, one otherwise (and when `shard_size` is None, as `cai iterate` runs)."""
+    each for a stage split `by_samples`, `nodes` for a training gang's stage, one otherwise (and when `shard_size`
+    is None, as `cai iterate` runs)."""
     planned = session.scalar(select(func.max(ShardClaim.shards)).where(
         ShardClaim.iteration_id == iteration_id, ShardClaim.stage == stage))
     if planned:
         return planned
-    if shard_size is None or not by_samples:
+    if shard_size is None:
         return 1
+    if not by_samples:
+        return nodes
     return max(1, math.ceil(count(session, Sample, Sample.iteration_id == iteration_id) / shard_size))
 
 

@@ -10,12 +10,26 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from loop.store import Comparison, Critique, Iteration, Pair, Policy, RunLease, Sample, StageRun
+from loop.store import Comparison, Critique, Iteration, Pair, Policy, Run, RunLease, Sample, StageRun, Store
 from loop.store.database import open_run_store
+from loop.store.shards import ensure_claims
 from tests.loop.runs import ROOT, cai_command, cai_env
 
 STEP_TIMEOUT_S = 240
 """Bound on each wait: a process start, a point in the iteration, an exit."""
+
+
+def planned_stage(store: Store, stage: str, shards: int) -> int:
+    """A run with one iteration whose `stage` has `shards` planned claim rows; the iteration's id."""
+    with store.session() as session:
+        run = Run(name="r", config={})
+        session.add(run)
+        session.flush()
+        iteration = Iteration(run_id=run.id, index=1, policy_version=0, constitution_hash="h")
+        session.add(iteration)
+        session.flush()
+        ensure_claims(session, iteration.id, stage, shards)
+        return iteration.id
 
 
 def run_counts(run_dir: Path, env: dict[str, str]) -> dict[str, int]:
@@ -62,8 +76,8 @@ class Service:
         return self._start("run", "--config", str(self.config), "--run-dir", str(self.run_dir),
                            "--iterations", str(iterations))
 
-    def worker(self) -> subprocess.Popen:
-        return self._start("worker", "--queues", "infer,cpu,train")
+    def worker(self, queues: str = "infer,cpu,train") -> subprocess.Popen:
+        return self._start("worker", "--queues", queues)
 
     def counts(self) -> dict[str, int]:
         return run_counts(self.run_dir, self.env)

@@ -121,6 +121,8 @@ def test_bad_config_values_name_their_source(run, tmp_path):
     ({"model": {"name": "no-such-model", "device": "cpu"}}, "model 'no-such-model' is neither a directory"),
     ({"prompts": {"files": [str(ROOT / "README.md")], "per_iteration": 3}}, "README.md:1: invalid JSON"),
     ({"constitution": str(ROOT / "pyproject.toml")}, "pyproject.toml"),
+    ({"train": {"launcher": "torchrun", "nodes": 2, "deepspeed": "zero2"}},
+     "trains as a gang of `cai worker --queues train` processes, one per node; cai iterate trains in its own"),
 ])
 def test_inputs_are_validated_before_anything_is_written(run, tmp_path, change, message):
     config, run_dir = run

@@ -18,10 +18,10 @@ import pytest
 from sqlalchemy import exists, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from loop.store import Iteration, Run, ShardClaim, StageRun, Store
-from loop.store.shards import ShardLost, claim, done_shards, ensure_claims
+from loop.store import ShardClaim, StageRun
+from loop.store.shards import ShardLost, claim, done_shards
 from tests.loop.runs import ROOT, cai_command, cai_env, run_cai, tiny_config, write_config
-from tests.loop.service_runs import STEP_TIMEOUT_S, Service, run_counts, stop, wait_exit
+from tests.loop.service_runs import STEP_TIMEOUT_S, Service, planned_stage, run_counts, stop, wait_exit
 from tests.loop.services import postgres_database, postgres_server, redis_server
 
 KILLS = 10
@@ -32,20 +32,8 @@ SERVICE = {"shard_size": 1, "shard_lease_s": 3.0, "requeue_after_s": 3.0, "poll_
 # --- claims, on SQLite and PostgreSQL -------------------------------------------------------------------------
 
 
-def _iteration(store: Store) -> int:
-    with store.session() as session:
-        run = Run(name="r", config={})
-        session.add(run)
-        session.flush()
-        iteration = Iteration(run_id=run.id, index=1, policy_version=0, constitution_hash="h")
-        session.add(iteration)
-        session.flush()
-        ensure_claims(session, iteration.id, "generate", 2)
-        return iteration.id
-
-
 def test_a_shard_is_claimed_by_one_worker_until_its_claim_expires(store):
-    iteration_id = _iteration(store)
+    iteration_id = planned_stage(store, "generate", 2)
     first = claim(store, iteration_id, "generate", 0, lease_s=60)
     assert first is not None and first.attempt == 1
     assert claim(store, iteration_id, "generate", 0, lease_s=60) is None  # held by a live worker
@@ -65,7 +53,7 @@ def test_a_shard_is_claimed_by_one_worker_until_its_claim_expires(store):
 
 
 def test_a_shard_cannot_be_recorded_done_twice(store):
-    iteration_id = _iteration(store)
+    iteration_id = planned_stage(store, "generate", 2)
     with store.session() as session:
         session.add(StageRun(iteration_id=iteration_id, stage="generate", shard=1, wall_s=1.0))
     with pytest.raises(IntegrityError), store.session() as session:

@@ -37,6 +37,8 @@ class Stage:
     reads: tuple[str, ...]
     """The tables it reads and writes (besides its `stage_runs` row), for the docs and the dashboard."""
     writes: tuple[str, ...]
+    gang: bool = False
+    """The daemon splits it into one shard per node of a training gang (`train.nodes`), all run together."""
 
 
 STAGES: dict[StageName, Stage] = {stage.name: stage for stage in (
@@ -48,7 +50,7 @@ STAGES: dict[StageName, Stage] = {stage.name: stage for stage in (
           writes=("pairs", "metrics")),
     Stage(StageName.TRAIN, train, Queue.TRAIN, False,
           reads=("pairs", "samples", "runs", "policies", "iterations", "sampled_answers", "reward_scores"),
-          writes=("policies", "replays", "metrics")),
+          writes=("policies", "replays", "metrics"), gang=True),
     Stage(StageName.EVALUATE, evaluate, Queue.INFER, False,
           reads=("policies", "iterations", "eval_responses", "eval_comparisons"),
           writes=("eval_responses", "eval_comparisons", "evaluations", "eval_metrics")),

@@ -91,7 +91,7 @@ class Training:
             **extra) -> Path:
         """Train `kind` on `records`; `name` (default: the kind) names its folder and, when set, its metrics'
         stage, for a second run of the same trainer kind in one iteration."""
-        from policies.training.launcher import launch
+        from policies.training.launcher import SlurmAllocation, launch
 
         t = self.ctx.config.train
         out = self.root / (name or kind)
@@ -108,7 +108,10 @@ class Training:
                     self.record(stage, event, step=event["step"])
                     self.ctx.tracker.training_step(stage, event)
 
-            self.record(stage, launch(spec, launcher=t.launcher, processes=t.processes, on_progress=on_progress))
+            gang = self.ctx.gang or (SlurmAllocation(t.nodes, t.rendezvous_timeout_s, t.rendezvous)
+                                     if t.launcher == "slurm" else None)
+            self.record(stage, launch(spec, launcher=t.launcher, processes=t.processes, gang=gang,
+                                      slurm_args=t.slurm_args, on_progress=on_progress))
         if chain:
             self.adapter = spec.adapter_dir
         return spec.adapter_dir

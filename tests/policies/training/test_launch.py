@@ -1,12 +1,25 @@
 """`python -m policies.training SPEC.json` in a child process, single and multi-process (DeepSpeed ZeRO-2 on CPU)."""
 
 import json
+import shutil
+import socket
+import sys
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from policies.training.launcher import TrainingFailed, launch
+from policies.training.launcher import (
+    Rendezvous,
+    SlurmAllocation,
+    TrainingFailed,
+    command,
+    join,
+    last_words,
+    launch,
+)
 from policies.training.settings import PreferenceSettings
 from policies.training.spec import TrainSpec
 
@@ -66,3 +79,90 @@ def test_two_processes_with_deepspeed_zero2_end_where_one_process_does(tmp_path,
 def test_more_than_one_process_needs_a_deepspeed_config(tmp_path, tiny_model_dir):
     with pytest.raises(ValueError, match="need a DeepSpeed config"):
         launch(spec_for(tmp_path, tiny_model_dir), launcher="torchrun", processes=2)
+
+
+# --- across nodes -------------------------------------------------------------------------------------------------
+
+RENDEZVOUS = Rendezvous(nodes=2, endpoint="node0:29511", run_id="cai-7-train-a1-1", timeout_s=60, node_rank=1)
+
+
+def test_a_node_of_a_gang_runs_torchrun_with_its_own_rank_against_one_rendezvous():
+    assert command(Path("/shared/spec.json"), "torchrun", 4, RENDEZVOUS) == [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=4", "--nnodes=2",
+        "--rdzv-endpoint=node0:29511", "--rdzv-id=cai-7-train-a1-1", "--max-restarts=0", "--node-rank=1",
+        "--rdzv-backend=static", "--rdzv-conf=timeout=60", "-m", "policies.training", "/shared/spec.json"]
+
+
+def test_slurm_starts_every_node_with_srun_against_a_c10d_rendezvous():
+    assert command(Path("/shared/spec.json"), "slurm", 8, replace(RENDEZVOUS, node_rank=0),
+                   ["--partition=gpu", "--gpus-per-node=8"]) == [
+        "srun", "--nodes=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1", "--partition=gpu", "--gpus-per-node=8",
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=8", "--nnodes=2",
+        "--rdzv-endpoint=node0:29511", "--rdzv-id=cai-7-train-a1-1", "--max-restarts=0", "--rdzv-backend=c10d",
+        "--rdzv-conf=join_timeout=60", "-m", "policies.training", "/shared/spec.json"]
+
+
+def test_slurm_outside_an_allocation_fails_in_one_line(tmp_path, tiny_model_dir):
+    if shutil.which("srun"):
+        pytest.skip("this machine has Slurm: the command would run")
+    gang = SlurmAllocation(nodes=2, timeout_s=30)
+    with pytest.raises(TrainingFailed, match="cannot start the trainer: srun is not installed here"):
+        launch(spec_for(tmp_path, tiny_model_dir, deepspeed="zero2"), launcher="slurm", gang=gang)
+    rendezvous = gang.open(tmp_path / "spec.json")
+    assert rendezvous.endpoint.startswith(socket.gethostname() + ":") and rendezvous.run_id.startswith("cai-")
+
+
+def test_a_gang_of_one_process_per_node_still_needs_deepspeed(tmp_path, tiny_model_dir):
+    with pytest.raises(ValueError, match="2 training processes need a DeepSpeed config"):
+        launch(spec_for(tmp_path, tiny_model_dir), launcher="slurm", gang=SlurmAllocation(nodes=2, timeout_s=30))
+
+
+def test_a_watch_that_gives_a_reason_stops_the_trainer(tmp_path, tiny_model_dir):
+    """The gang's teardown: the trainer is stopped (before its first step here) and the reason is the error."""
+    asked = []
+
+    class LostNode:
+        nodes = 1
+
+        def open(self, spec_path):
+            return None
+
+        def watch(self):
+            asked.append(1)
+            return "node rank 1 left the training gang g"
+
+        def close(self, ok):
+            asked.append(ok)
+
+    with pytest.raises(TrainingFailed, match="preference training was stopped: node rank 1 left the training gang g"):
+        launch(spec_for(tmp_path, tiny_model_dir), launcher="torchrun", gang=LostNode())
+    assert asked == [1, False] and not (tmp_path / "out" / "result.json").exists()
+    assert not (tmp_path / "out" / "trainer.pid").exists()
+
+
+def test_a_node_cannot_join_a_spec_its_shared_folder_does_not_hold(tmp_path):
+    with pytest.raises(TrainingFailed, match="the run folder must be shared by every node"):
+        join(tmp_path / "missing" / "spec.json", RENDEZVOUS)
+
+
+TORCHRUN_SUMMARY = """RuntimeError: [gloo] Connection closed by peer [127.0.0.1]:40151
+E1206 agent failed
+============================================================
+policies.training FAILED
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  rank      : 1 (local_rank: 0)
+  exitcode  : {code}
+  traceback : {traceback}
+============================================================""".splitlines()
+
+
+@pytest.mark.parametrize("code, traceback, said", [
+    ("-9 (pid: 8178)  (SIGKILL)", "Signal 9 (SIGKILL) received by PID 8178", "Signal 9 (SIGKILL) received by PID 8178"),
+    ("1 (pid: 8179)", "To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html",
+     "E1206 agent failed"),
+])
+def test_a_torchrun_failure_is_told_by_its_cause_not_its_banner(code, traceback, said):
+    assert last_words([line.format(code=code, traceback=traceback) for line in TORCHRUN_SUMMARY]) == said
+    assert last_words(["step 1", "ValueError: bad data", "CAI_PROGRESS {}"]) == "ValueError: bad data"

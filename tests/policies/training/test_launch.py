@@ -16,6 +16,7 @@ from policies.training.launcher import (
     SlurmAllocation,
     TrainingFailed,
     command,
+    free_endpoint,
     join,
     last_words,
     launch,
@@ -166,3 +167,23 @@ Root Cause (first observed failure):
 def test_a_torchrun_failure_is_told_by_its_cause_not_its_banner(code, traceback, said):
     assert last_words([line.format(code=code, traceback=traceback) for line in TORCHRUN_SUMMARY]) == said
     assert last_words(["step 1", "ValueError: bad data", "CAI_PROGRESS {}"]) == "ValueError: bad data"
+
+
+def test_a_gang_that_does_not_assemble_fails_in_one_line(tmp_path, tiny_model_dir):
+    """Node rank 0 alone: torchrun's rendezvous gives up after its timeout, and says how many nodes came."""
+
+    class Alone:
+        nodes = 2
+
+        def open(self, spec_path):
+            return Rendezvous(2, free_endpoint("127.0.0.1"), "cai-alone", timeout_s=3)
+
+        def watch(self):
+            return None
+
+        def close(self, ok):
+            assert not ok
+
+    with pytest.raises(TrainingFailed, match=r"preference training exited with code 1: .*Timed out after \d+ seconds "
+                                             r"waiting for clients\. 1/2 clients joined"):
+        launch(spec_for(tmp_path, tiny_model_dir, deepspeed="zero2"), launcher="torchrun", gang=Alone())

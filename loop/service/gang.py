@@ -51,8 +51,8 @@ class GangLead:
         endpoint = self.train.rendezvous or free_endpoint()
         self.meeting, self.seen = Meeting(rendezvous_id, endpoint, str(spec_path), self.claim.owner), {}
         post(self.store, self.claim, self.meeting)
-        log.info("training gang %s: waiting for %d nodes at %s", rendezvous_id, self.train.nodes, endpoint)
-        return Rendezvous(self.train.nodes, endpoint, rendezvous_id, self.train.rendezvous_timeout_s)
+        log.info("training gang %s: waiting for %d nodes at %s", rendezvous_id, self.nodes, endpoint)
+        return Rendezvous(self.nodes, endpoint, rendezvous_id, self.train.rendezvous_timeout_s)
 
     def watch(self) -> str | None:
         with self.store.session() as session:
@@ -69,7 +69,7 @@ class GangLead:
         post(self.store, self.claim, replace(self.meeting, state="done" if ok else "failed"))
 
 
-def _leader_gone(store: Store, iteration_id: int, stage: str, rendezvous_id: str) -> str | None:
+def leader_gone(store: Store, iteration_id: int, stage: str, rendezvous_id: str) -> str | None:
     """Why a node should stop its rank of `rendezvous_id` now (node rank 0 left it), or None."""
     with store.session() as session:
         lead = leader(session, iteration_id, stage)
@@ -105,7 +105,7 @@ def follow(ctx: IterationContext, store: Store, claim: Claim, poll_s: float) -> 
             join(Path(meeting.spec), Rendezvous(train.nodes, meeting.endpoint, meeting.rendezvous_id,
                                                 train.rendezvous_timeout_s, node_rank=ctx.shard),
                  processes=train.processes,
-                 watch=lambda rid=meeting.rendezvous_id: _leader_gone(store, ctx.iteration_id, stage, rid))
+                 watch=lambda rid=meeting.rendezvous_id: leader_gone(store, ctx.iteration_id, stage, rid))
             deadline = time.monotonic() + train.rendezvous_timeout_s
         elif time.monotonic() > deadline:
             raise GangIncomplete(f"node rank 0 of the training gang started no trainer within "

@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 
 from loop.config import RunConfig
 from loop.pipeline.names import StageName
-from loop.service.gang import GangIncomplete, GangLead, _leader_gone, follow
+from loop.service.gang import GangIncomplete, GangLead, follow, leader_gone
 from loop.store import Metric, ShardClaim, StageRun
 from loop.store.gangs import joined_before, leader, mark_joined
 from loop.store.shards import ShardLost, claim, ensure_claims, shard_count
@@ -138,15 +138,15 @@ def test_a_node_stops_its_rank_when_node_rank_0_leaves_or_fails(store):
     lead_claim = claim(store, iteration_id, "train", 0, lease_s=60)
     lead = GangLead(store, lead_claim, _config(), iteration_id, "train")
     rid = lead.open(Path("/shared/spec.json")).run_id
-    assert _leader_gone(store, iteration_id, "train", rid) is None
+    assert leader_gone(store, iteration_id, "train", rid) is None
     lead.close(ok=True)  # its trainer finished: the other ranks exit by themselves
-    assert _leader_gone(store, iteration_id, "train", rid) is None
+    assert leader_gone(store, iteration_id, "train", rid) is None
     second = lead.open(Path("/shared/spec.json")).run_id
-    assert _leader_gone(store, iteration_id, "train", rid) == f"node rank 0 left the training gang {rid}"
+    assert leader_gone(store, iteration_id, "train", rid) == f"node rank 0 left the training gang {rid}"
     lead.close(ok=False)
-    assert _leader_gone(store, iteration_id, "train", second) == f"node rank 0's trainer of gang {second} failed"
+    assert leader_gone(store, iteration_id, "train", second) == f"node rank 0's trainer of gang {second} failed"
     lead_claim.release(error="TrainingFailed")
-    assert _leader_gone(store, iteration_id, "train", second) == f"node rank 0 left the training gang {second}"
+    assert leader_gone(store, iteration_id, "train", second) == f"node rank 0 left the training gang {second}"
 
 
 # --- the daemon, with real processes -------------------------------------------------------------------------------

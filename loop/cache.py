@@ -27,13 +27,6 @@ def digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps([FORMAT, *parts], sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def model_fingerprint(model_dir: Path) -> str:
-    """A model directory's identity: each file's name, size and modification time (not its bytes: hashing a
-    model's weights would cost seconds per load). Rewriting a file in place changes its time, so it misses."""
-    files = sorted(p for p in model_dir.rglob("*") if p.is_file())
-    return digest([[str(p.relative_to(model_dir)), p.stat().st_size, p.stat().st_mtime_ns] for p in files])
-
-
 @dataclass(frozen=True)
 class CacheKind:
     kind: str

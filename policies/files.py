@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -57,3 +59,11 @@ def read_utf8(path: Path) -> str:
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         raise NotUtf8Error(f"{path}:{line}:{column}: not UTF-8 text (byte 0x{data[exc.start]:02x}: {exc.reason}); "
                            "save the file as UTF-8") from None
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """A model directory's identity: each file's name, size and modification time (not its bytes: hashing a
+    model's weights would cost seconds per load). Rewriting a file in place changes its time, so it misses."""
+    files = sorted(p for p in model_dir.rglob("*") if p.is_file())
+    stats = [[str(p.relative_to(model_dir)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()

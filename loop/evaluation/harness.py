@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from constitution import Constitution, PrincipleSampler
 from critique.judge import Matchup, judge
-from loop.cache import ResultCache, digest, model_fingerprint
+from loop.cache import ResultCache, digest
 from loop.config.run import JudgeSettings, ModelSettings, RunConfig
 from loop.evaluation.answer_metrics import Key, against_previous, answer_metrics, task_accuracy, task_accuracy_drop
 from loop.evaluation.kl import completion_kls
@@ -40,6 +40,7 @@ from loop.evaluation.settings import EvalSet, EvaluationSettings
 from loop.evaluation.stats import win_rate
 from loop.progress import NullReporter, Reporter
 from loop.store import EvalComparison, EvalMetric, EvalResponse, Evaluation, Policy, Store
+from policies.files import model_fingerprint
 from policies.models import ModelNotFoundError, load_model, resolve_model_dir
 from policies.serving import Generator
 from policies.serving.control_tokens import CONTROL_TOKENS_IN_ANSWERS, contains_control_tokens, specials_of

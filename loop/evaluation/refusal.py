@@ -94,7 +94,7 @@ class ClassifierScore:
 @dataclass(frozen=True)
 class JudgeScoreCache:
     """Where the judge's predictions on a labelled set are kept: `judge` names the judge's weights and
-    settings (`loop.cache.model_fingerprint` of its model, dtype, device), asked only when the judge is scored."""
+    settings (`policies.files.model_fingerprint` of its model, dtype, device), asked only when the judge is scored."""
 
     cache: ResultCache
     judge: Callable[[], Any]

@@ -31,6 +31,7 @@ from policies.training.data import (
 )
 from policies.training.objectives import OBJECTIVES, PairBatch
 from policies.training.optimization import TrainingLoop
+from policies.training.reference_cache import ReferenceCache
 from policies.training.settings import PreferenceSettings
 from policies.training.shared_prefix_attention import use_shared_prefix_attention
 from policies.training.trainer import BuildContext, OnStep, TrainResult, register_trainer
@@ -74,8 +75,11 @@ class PreferenceTrainer:
     heads: tuple[torch.nn.Module, ...] = ()
 
     def __init__(self, model, tokenizer, settings: PreferenceSettings, *, checkpoint_dir: Path | None = None,
-                 **loop_options):
+                 reference_cache: ReferenceCache | None = None, **loop_options):
         self.model = model
+        self.reference_cache = reference_cache
+        self.reference_scored = 0
+        """Pairs whose reference log-probs this trainer computed (the others came from a cache)."""
         use_shared_prefix_attention(model)
         self.tokenizer = tokenizer
         self.settings = settings
@@ -154,24 +158,32 @@ class PreferenceTrainer:
         return ref.chosen, ref.rejected
 
     def _reference(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reference log-probs for every pair, once; cached beside the checkpoints so a resume skips them."""
+        """Reference log-probs for every pair, once: read from the run's cache where a pair was scored in an earlier
+        trainer run (`reference_cache`), else computed; kept beside the checkpoints too, so a resume skips them."""
         cache = self.checkpoint_dir / "reference_logps.safetensors" if self.checkpoint_dir else None
         if cache is not None and cache.is_file():
             saved = load_file(cache)
             if saved["chosen"].shape[0] == len(self.pairs):
                 return saved["chosen"], saved["rejected"]
-        chosen, rejected = [], []
+        known = self.reference_cache.get(self.pairs) if self.reference_cache is not None else {}
+        chosen, rejected = torch.zeros(len(self.pairs)), torch.zeros(len(self.pairs))
+        for index, (c, r) in known.items():
+            chosen[index], rejected[index] = c, r
+        missing = [i for i in range(len(self.pairs)) if i not in known]
         self.model.eval()
         with self._adapter_disabled(), torch.no_grad(), self.loop.autocast():
-            for start in range(0, len(self.pairs), self.settings.batch_size):
-                ref = self._policy_logps(list(range(start, min(start + self.settings.batch_size, len(self.pairs)))))
-                chosen.append(ref.chosen.float().cpu())
-                rejected.append(ref.rejected.float().cpu())
-        result = torch.cat(chosen), torch.cat(rejected)
-        if cache is not None and self.loop.rank == 0:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            save_file({"chosen": result[0], "rejected": result[1]}, cache)
-        return result
+            for start in range(0, len(missing), self.settings.batch_size):
+                batch = missing[start:start + self.settings.batch_size]
+                ref = self._policy_logps(batch)
+                chosen[batch], rejected[batch] = ref.chosen.float().cpu(), ref.rejected.float().cpu()
+        self.reference_scored = len(missing)
+        if self.loop.rank == 0:
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                save_file({"chosen": chosen, "rejected": rejected}, cache)
+            if self.reference_cache is not None:
+                self.reference_cache.put(self.pairs, {i: (chosen[i].item(), rejected[i].item()) for i in missing})
+        return chosen, rejected
 
     def _adapter_disabled(self):
         target = self.loop.engine.module if self.loop.engine is not None else self.model
@@ -219,4 +231,7 @@ class PreferenceTrainer:
 
 @register_trainer("preference", parse=parse_pair)
 def build_preference_trainer(ctx: BuildContext) -> PreferenceTrainer:
-    return PreferenceTrainer(ctx.lm, ctx.tokenizer, ctx.settings, **ctx.loop_options)
+    spec = ctx.spec
+    cache = (ReferenceCache(spec.reference_cache, spec.model_dir, spec.dtype, spec.device)
+             if spec.reference_cache is not None else None)
+    return PreferenceTrainer(ctx.lm, ctx.tokenizer, ctx.settings, reference_cache=cache, **ctx.loop_options)

@@ -40,6 +40,9 @@ class TrainSpec(BaseModel):
     constitution: Path | None = None
     """GRPO: the constitution (`constitution.load_constitution`'s path) that the `checks` kind grades against and
     that the records' `principle` ids name; required by `checks`."""
+    reference_cache: Path | None = None
+    """Preference runs: a folder of reference log-probs per pair, shared by a run's trainer runs
+    (`policies.training.reference_cache`), so a replayed pair is not scored again."""
     rollout_server: str | None = None
     """PPO and GRPO: the URL of a vLLM server serving the base model; rollouts are sampled there from the current
     adapter."""

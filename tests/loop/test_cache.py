@@ -6,10 +6,11 @@ import os
 
 from typer.testing import CliRunner
 
-from loop.cache import ResultCache, digest, model_fingerprint
+from loop.cache import ResultCache, digest
 from loop.cli.app import app
 from loop.evaluation.refusal import CACHE_KIND, JudgeScoreCache, RefusalClassifier, RefusalLabel, score
 from loop.store import Run, Store
+from policies.files import model_fingerprint
 from tests.critique.fakes import ScriptedGenerator
 from tests.loop.evaluation.test_task_accuracy import Tokens, evaluator, settings
 

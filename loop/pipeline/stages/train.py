@@ -45,6 +45,8 @@ if TYPE_CHECKING:  # the training code loads torch: imported when a trainer runs
 
 log = logging.getLogger(__name__)
 
+REFERENCE_CACHE = "reference_logps"
+"""Under `RUN_DIR/training/`: the reference log-probs of every pair trained so far (replays are not scored again)."""
 WARM_START = "warm_start"
 """The warm start's folder, metrics stage and seed name: an SFT run of its own beside sft_on_revisions'."""
 
@@ -243,5 +245,5 @@ def train(ctx: IterationContext) -> None:
         training.run("ppo", [{"prompt": _user(prompt)} for prompt in prompts], reward_model_dir=reward_model,
                      rollout_server=_rollout_server(ctx.config))
     else:
-        training.run("preference", pair_records)
+        training.run("preference", pair_records, reference_cache=ctx.run_dir / "training" / REFERENCE_CACHE)
     _publish(ctx, training, parent_version, version, pairs=len(pairs), replayed=replayed)

@@ -15,6 +15,7 @@ from policies.training.data import (
     encode_pair,
 )
 from policies.training.preference import PreferenceTrainer
+from policies.training.reference_cache import ReferenceCache
 from policies.training.settings import LossType, PreferenceSettings
 from policies.training.shared_prefix_attention import Segment, SegmentIndex, use_shared_prefix_attention
 
@@ -336,3 +337,30 @@ def test_prefix_sharing_gives_the_unshared_log_probs_and_gradients(tiny_model_di
             torch.testing.assert_close(shared[name], grad, atol=1e-5, rtol=1e-4)
     # The segmented run really went through the per-segment path (2 layers x 2 budgets), the plain one did not.
     assert segmented_calls.count(True) == (4 if segmented else 0)
+
+
+def test_a_pair_scored_by_an_earlier_run_is_not_scored_again(tiny_model_dir, tmp_path):
+    """The run's reference cache: a later run (a replay plus new pairs, another adapter) computes only the new
+    pairs' reference log-probs, and trains as if it had computed them all."""
+    settings = PreferenceSettings(batch_size=2, max_steps=2, max_length=64, learning_rate=1e-2)
+    cache = ReferenceCache(tmp_path / "ref", tiny_model_dir, "float32", "cpu")
+    model, tokenizer = fresh_policy(tiny_model_dir)
+    first = PreferenceTrainer(model, tokenizer, settings, reference_cache=cache)
+    first.fit(EXAMPLES[:4])
+    assert first.reference_scored == 4 and len(list((tmp_path / "ref").glob("*.json"))) == 4
+
+    later = [EXAMPLES[4], EXAMPLES[1], EXAMPLES[5], EXAMPLES[3]]  # two new pairs, two replayed
+    results = []
+    for reference_cache in (cache, None):
+        model, tokenizer = fresh_policy(tiny_model_dir, seed=7)
+        trainer = PreferenceTrainer(model, tokenizer, settings, reference_cache=reference_cache)
+        trainer.fit(later)
+        results.append((trainer.reference_scored, trainer.reference, trainable(model)))
+    (cached_scored, cached_ref, cached), (fresh_scored, fresh_ref, fresh) = results
+    assert (cached_scored, fresh_scored) == (2, 4)
+    torch.testing.assert_close(cached_ref, fresh_ref, atol=1e-5, rtol=1e-6)
+    for name in fresh:
+        torch.testing.assert_close(cached[name], fresh[name], atol=1e-6, rtol=1e-5)
+    # Another model's (or dtype's) log-probs are another key: nothing is read back.
+    other = ReferenceCache(tmp_path / "ref", tiny_model_dir, "bfloat16", "cpu")
+    assert other.get(first.pairs) == {} and cache.get(first.pairs).keys() == {0, 1, 2, 3}

@@ -232,6 +232,6 @@ class PreferenceTrainer:
 @register_trainer("preference", parse=parse_pair)
 def build_preference_trainer(ctx: BuildContext) -> PreferenceTrainer:
     spec = ctx.spec
-    cache = (ReferenceCache(spec.reference_cache, spec.model_dir, spec.dtype, spec.device)
+    cache = (ReferenceCache(spec.reference_cache, spec.model_dir, spec.dtype, spec.device, ctx.settings.precision)
              if spec.reference_cache is not None else None)
     return PreferenceTrainer(ctx.lm, ctx.tokenizer, ctx.settings, reference_cache=cache, **ctx.loop_options)

@@ -1,6 +1,6 @@
 """Reference log-probs kept across a run's trainer runs. The reference is the base model (the adapter disabled), so
-a pair's reference log-probs depend only on the base's files, its dtype and device, and the pair's tokens: a pair
-trained again in a later iteration (a replay) is not scored again.
+a pair's reference log-probs depend only on the base's files, its dtype, device and compute precision, and the
+pair's tokens: a pair trained again in a later iteration (a replay) is not scored again.
 
 One small JSON file per pair, named by the hash of all of that, written atomically by rank 0; a missing, torn or
 unreadable entry is a miss, never an error.
@@ -17,9 +17,9 @@ from policies.training.data import EncodedPair
 
 
 class ReferenceCache:
-    def __init__(self, folder: Path, model_dir: Path, dtype: str, device: str):
+    def __init__(self, folder: Path, model_dir: Path, dtype: str, device: str, precision: str):
         self.folder = folder
-        self.model = [model_fingerprint(model_dir), dtype, device]
+        self.model = [model_fingerprint(model_dir), dtype, device, precision]
 
     def _path(self, pair: EncodedPair) -> Path:
         key = json.dumps([self.model, pair.prompt, pair.chosen, pair.rejected])

@@ -343,7 +343,7 @@ def test_a_pair_scored_by_an_earlier_run_is_not_scored_again(tiny_model_dir, tmp
     """The run's reference cache: a later run (a replay plus new pairs, another adapter) computes only the new
     pairs' reference log-probs, and trains as if it had computed them all."""
     settings = PreferenceSettings(batch_size=2, max_steps=2, max_length=64, learning_rate=1e-2)
-    cache = ReferenceCache(tmp_path / "ref", tiny_model_dir, "float32", "cpu")
+    cache = ReferenceCache(tmp_path / "ref", tiny_model_dir, "float32", "cpu", "auto")
     model, tokenizer = fresh_policy(tiny_model_dir)
     first = PreferenceTrainer(model, tokenizer, settings, reference_cache=cache)
     first.fit(EXAMPLES[:4])
@@ -361,6 +361,8 @@ def test_a_pair_scored_by_an_earlier_run_is_not_scored_again(tiny_model_dir, tmp
     torch.testing.assert_close(cached_ref, fresh_ref, atol=1e-5, rtol=1e-6)
     for name in fresh:
         torch.testing.assert_close(cached[name], fresh[name], atol=1e-6, rtol=1e-5)
-    # Another model's (or dtype's) log-probs are another key: nothing is read back.
-    other = ReferenceCache(tmp_path / "ref", tiny_model_dir, "bfloat16", "cpu")
-    assert other.get(first.pairs) == {} and cache.get(first.pairs).keys() == {0, 1, 2, 3}
+    # Another dtype's or compute precision's log-probs are another key: nothing is read back.
+    for dtype, precision in (("bfloat16", "auto"), ("float32", "bf16")):
+        other = ReferenceCache(tmp_path / "ref", tiny_model_dir, dtype, "cpu", precision)
+        assert other.get(first.pairs) == {}
+    assert cache.get(first.pairs).keys() == {0, 1, 2, 3}
